@@ -1,0 +1,1 @@
+"""posjax: positional encodings for transformers, in JAX/Flax."""

@@ -1,0 +1,11 @@
+"""Positional encodings: pure functions of explicit positions behind one registry.
+
+Importing this package registers every encoding; ``names()`` lists them.
+"""
+from posjax.encodings.base import BIAS, EMBED, QK, VALUES, Encoding, relative
+from posjax.encodings.registry import get, make, names, register
+from posjax.encodings.absolute import sinusoidal_embedding
+from posjax.encodings.rotary import apply_rope, rope_inv_freq
+from posjax.encodings.relative_bias import alibi_slopes, t5_relative_position_bucket
+from posjax.encodings import relative_vectors, cope  # noqa: F401  (registration)
+from posjax.encodings.randomized import randomized_positions

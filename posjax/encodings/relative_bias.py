@@ -1,0 +1,225 @@
+"""Relative logit biases: T5 buckets, ALiBi, KERPLE (log / power) and FIRE.
+
+Each bias is a function of (query position, key position, head) evaluated per
+key block from explicit int32 positions, in float32; nothing is sized by the
+full sequence. Distances are ``|k - q|``: for a decoder the visible keys have
+k <= q, so this is ``q - k`` there and the mask removes the rest, and encoders
+get the symmetric form. Only T5 (buckets) tells the two directions apart.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from posjax.encodings.base import BIAS, Array, Encoding, relative
+from posjax.encodings.registry import register
+
+
+def t5_relative_position_bucket(relative_position: Array, *, bidirectional: bool,
+                                num_buckets: int = 32, max_distance: int = 128
+                                ) -> Array:
+  """T5's bucket of ``key - query`` (mesh-tensorflow ``_relative_position_bucket``).
+
+  Bidirectional: the upper half of the buckets holds keys after the query.
+  Distances below ``max_exact`` get their own bucket, larger ones are
+  log-spaced up to ``max_distance`` and clipped to the last bucket.
+  """
+  n = -jnp.asarray(relative_position, jnp.int32)
+  if bidirectional:
+    num_buckets //= 2
+    ret, n = jnp.where(n < 0, num_buckets, 0), jnp.abs(n)
+  else:
+    ret, n = 0, jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  if max_exact < 1 or max_distance <= max_exact:
+    raise ValueError(f'need num_buckets >= {4 if bidirectional else 2} and '
+                     f'max_distance > {max_exact}; got {num_buckets=}, {max_distance=}')
+  # Float32 as the reference; n == 0 is small, the max only avoids log(0).
+  n_f = jnp.maximum(n, 1).astype(jnp.float32) / max_exact
+  large = max_exact + (jnp.log(n_f) / math.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(jnp.int32)
+  return ret + jnp.where(n < max_exact, n, jnp.minimum(large, num_buckets - 1))
+
+
+def alibi_slopes(num_heads: int) -> Array:
+  """ALiBi's per-head slopes ``[num_heads]`` (the paper's ``get_slopes``)."""
+  if num_heads < 1:
+    raise ValueError(f'alibi_slopes: num_heads must be >= 1, got {num_heads}')
+  geometric = lambda n: [2 ** (-8 * (i + 1) / n) for i in range(n)]
+  p = 2 ** int(math.floor(math.log2(num_heads)))
+  return jnp.asarray(geometric(p) + geometric(2 * p)[::2][:num_heads - p], jnp.float32)
+
+
+def _distance(qpos_BxL: Array, kpos_BxS: Array) -> Array:
+  """``|k - q|`` as float32 ``[B, 1, L, S]`` (exact up to 2**24)."""
+  return jnp.abs(relative(qpos_BxL, kpos_BxS)).astype(jnp.float32)[:, None]
+
+
+def _check(ok: bool, field: str, allowed: str, value) -> None:
+  if not ok:
+    raise ValueError(f'model.posenc_args.{field} must be {allowed}, got {value!r}')
+
+
+@register('t5')
+class T5Bias(Encoding):
+  """A learned ``[num_buckets, num_heads]`` table indexed by T5 buckets."""
+  num_buckets: int = 32
+  max_distance: int = 128
+
+  acts_at = (BIAS,)
+  shared_across_layers = True
+
+  def __post_init__(self):
+    super().__post_init__()
+    min_buckets = 2 if self.causal else 4
+    _check(self.num_buckets >= min_buckets, 'num_buckets',
+           f'>= {min_buckets} ({"decoder" if self.causal else "encoder"})', self.num_buckets)
+    max_exact = self.num_buckets // (2 if self.causal else 4)
+    _check(self.max_distance > max_exact, 'max_distance',
+           f'> num_buckets // {2 if self.causal else 4} = {max_exact}', self.max_distance)
+
+  def setup(self):
+    self.table = self.param(
+        'rel_bias', nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+            ('buckets', 'heads')),
+        (self.num_buckets, self.num_heads), jnp.float32)
+
+  def bias(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS, mask_BxLxS, carry):
+    del q_BxLxHxK, k_BxSxHxK, mask_BxLxS
+    bucket_BxLxS = t5_relative_position_bucket(
+        relative(qpos_BxL, kpos_BxS), bidirectional=not self.causal,
+        num_buckets=self.num_buckets, max_distance=self.max_distance)
+    bias_BxLxSxH = jnp.take(self.table.astype(jnp.float32), bucket_BxLxS, axis=0)
+    return bias_BxLxSxH.transpose(0, 3, 1, 2), carry
+
+
+@register('alibi')
+class ALiBi(Encoding):
+  """``-slope_h * |k - q|`` with the paper's fixed slopes; no parameters."""
+  acts_at = (BIAS,)
+
+  def bias(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS, mask_BxLxS, carry):
+    del q_BxLxHxK, k_BxSxHxK, mask_BxLxS
+    slope_H = alibi_slopes(self.num_heads)
+    return -slope_H[:, None, None] * _distance(qpos_BxL, kpos_BxS), carry
+
+
+# KERPLE's reference code clamps its parameters to >= 1e-2 (and the power to
+# <= 2) in place after every step. We keep them in range by reparametrising
+# instead (softplus; 2 * sigmoid for the power), so gradients never die at the
+# boundary, and initialise so the effective values follow the reference init:
+# the multiplier of the log kernel and the power ~ U(0, 2), the rest ~ U(0, 1),
+# clipped into range.
+_KERPLE_EPS = 1e-2
+
+
+def _softplus_uniform(high: float):
+  """Init of a raw parameter whose softplus is ~ U(eps, high)."""
+  def init(key, shape, dtype=jnp.float32):
+    u = jnp.maximum(jax.random.uniform(key, shape, dtype, 0., high), _KERPLE_EPS)
+    return u + jnp.log(-jnp.expm1(-u))  # Inverse softplus.
+  return init
+
+
+def _power_init(key, shape, dtype=jnp.float32):
+  """Init of a raw parameter whose ``2 * sigmoid`` is ~ U(eps, 2 - eps)."""
+  u = jnp.clip(jax.random.uniform(key, shape, dtype, 0., 2.), _KERPLE_EPS, 2. - _KERPLE_EPS)
+  return jnp.log(u) - jnp.log(2. - u)  # Inverse of 2 * sigmoid.
+
+
+class _Kerple(Encoding):
+  """Per-head positive (r1, r2) from raw parameters; subclasses give the kernel."""
+  acts_at = (BIAS,)
+  r1_high = 2.0
+
+  def setup(self):
+    heads = lambda init: nn.with_logical_partitioning(init, ('heads',))
+    self.r1_raw = self.param('r1_raw', heads(_softplus_uniform(self.r1_high)),
+                             (self.num_heads,), jnp.float32)
+    self.r2_raw = self.param('r2_raw', heads(self.r2_init), (self.num_heads,), jnp.float32)
+
+  def bias(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS, mask_BxLxS, carry):
+    del q_BxLxHxK, k_BxSxHxK, mask_BxLxS
+    r1_H = jax.nn.softplus(self.r1_raw.astype(jnp.float32))
+    kernel_BxHxLxS = self.kernel(_distance(qpos_BxL, kpos_BxS),
+                                 self.r2_raw.astype(jnp.float32)[:, None, None])
+    return -r1_H[:, None, None] * kernel_BxHxLxS, carry
+
+
+@register('kerple_log')
+class KerpleLog(_Kerple):
+  """``-r1_h * log(1 + r2_h |k - q|)``; r1 ~ U(0, 2), r2 ~ U(0, 1) at init."""
+  r2_init = staticmethod(_softplus_uniform(1.0))
+
+  @staticmethod
+  def kernel(d, r2_raw):
+    return jnp.log1p(jax.nn.softplus(r2_raw) * d)
+
+
+@register('kerple_power')
+class KerplePower(_Kerple):
+  """``-r1_h * |k - q| ** r2_h``, 0 < r2 < 2; r1 ~ U(0, 1), r2 ~ U(0, 2) at init."""
+  r1_high = 1.0
+  r2_init = staticmethod(_power_init)
+
+  @staticmethod
+  def kernel(d, r2_raw):
+    return jnp.power(d, 2. * jax.nn.sigmoid(r2_raw))
+
+
+def _torch_uniform(fan_in: int):
+  """U(+-1/sqrt(fan_in)), PyTorch's Linear init as in the FIRE reference; a
+  zero first-layer bias would make the MLP linear in its input ``>= 0``."""
+  bound = 1. / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
+
+
+@register('fire')
+class FIRE(Encoding):
+  """FIRE: ``f(psi(|i - j|) / psi(max(i, L)))`` with ``psi(x) = log(|c| x + 1)``.
+
+  i is the query position, ``f`` a 1 -> mlp_width -> num_heads ReLU MLP, c a
+  learned scalar (init ``init_c``) and ``L = |L_multiplier * init_L|`` with a
+  learned multiplier (init 1), as in the paper's reference code. Not translation
+  invariant: the normaliser depends on the query position by design.
+  """
+  mlp_width: int = 32
+  init_c: float = 0.1
+  init_L: float = 512.0
+  eps: float = 1e-6
+
+  acts_at = (BIAS,)
+
+  def __post_init__(self):
+    super().__post_init__()
+    _check(self.mlp_width >= 1, 'mlp_width', '>= 1', self.mlp_width)
+    _check(self.init_c > 0, 'init_c', '> 0', self.init_c)
+    _check(self.init_L > 0, 'init_L', '> 0', self.init_L)
+    _check(self.eps > 0, 'eps', '> 0', self.eps)
+
+  def setup(self):
+    p = lambda name, init, shape, names: self.param(
+        name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
+    w = self.mlp_width
+    self.c = p('c', nn.initializers.constant(self.init_c), (), ())
+    self.L_multiplier = p('L_multiplier', nn.initializers.ones, (), ())
+    self.w1 = p('w1', _torch_uniform(1), (w,), ('mlp',))
+    self.b1 = p('b1', _torch_uniform(1), (w,), ('mlp',))
+    self.w2 = p('w2', _torch_uniform(w), (w, self.num_heads), ('mlp', 'heads'))
+    self.b2 = p('b2', _torch_uniform(w), (self.num_heads,), ('heads',))
+
+  def bias(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS, mask_BxLxS, carry):
+    del q_BxLxHxK, k_BxSxHxK, mask_BxLxS
+    f32 = lambda x: x.astype(jnp.float32)
+    c = jnp.abs(f32(self.c))
+    threshold = jnp.abs(f32(self.L_multiplier) * self.init_L)
+    norm_BxL = jnp.log1p(c * jnp.maximum(f32(qpos_BxL), threshold)) + self.eps
+    dist_BxLxS = jnp.log1p(c * _distance(qpos_BxL, kpos_BxS)[:, 0]) / norm_BxL[..., None]
+    h_BxLxSxW = jax.nn.relu(dist_BxLxS[..., None] * f32(self.w1) + f32(self.b1))
+    bias_BxLxSxH = h_BxLxSxW @ f32(self.w2) + f32(self.b2)
+    return bias_BxLxSxH.transpose(0, 3, 1, 2), carry

@@ -1,0 +1,352 @@
+"""Rotary encodings: RoPE with its context-extension scalings, xPos, 2D RoPE.
+
+``rope_inv_freq`` turns static hyperparameters into frequencies (numpy float64,
+returned as float32); ``apply_rope`` rotates ``[B, L, H, K]`` activations at
+explicit integer positions. All angle math is float32 whatever ``x.dtype``, and
+the angle ``pos * inv_freq`` is split into an exactly representable part plus a
+small remainder (``_cos_sin``), so a bf16 model at position 10^6 gets the same
+rotation as a float64 reference to within bf16 rounding.
+
+References: Su et al. 2021 (RoFormer); Chen et al. 2023 (position
+interpolation); bloc97 2023 (NTK-aware, dynamic NTK); Peng et al. 2023 (YaRN);
+Meta 2024 (Llama 3.1 scaling); Ding et al. 2024 (LongRoPE); Sun et al. 2022
+(xPos). Scalings follow HuggingFace ``modeling_rope_utils``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from posjax.encodings.base import QK, Array, Encoding
+from posjax.encodings.registry import register
+
+SCALING_TYPES = ('linear', 'ntk', 'dynamic', 'yarn', 'llama3', 'longrope')
+LAYOUTS = ('half', 'interleaved')
+_REQUIRED = {
+    'linear': ('factor',), 'ntk': ('factor',),
+    'dynamic': ('factor', 'original_max_position', 'seq_len'),
+    'yarn': ('factor', 'original_max_position'), 'llama3': ('factor',),
+    'longrope': ('short_factor', 'long_factor', 'original_max_position',
+                 'seq_len'),
+}
+_OPTIONAL = {
+    'linear': (), 'ntk': (), 'dynamic': (),
+    'yarn': ('beta_fast', 'beta_slow', 'attention_factor'),
+    'llama3': ('low_freq_factor', 'high_freq_factor', 'original_max_position'),
+    'longrope': ('factor', 'max_position', 'attention_factor'),
+}
+
+
+def _check_scaling(scaling: Mapping[str, Any], dim: int) -> dict[str, Any]:
+  s = dict(scaling)
+  kind = s.pop('type', None)
+  if kind not in SCALING_TYPES:
+    raise ValueError(f'scaling.type: got {kind!r}; allowed: {", ".join(SCALING_TYPES)}')
+  allowed = _REQUIRED[kind] + _OPTIONAL[kind]
+  if unknown := sorted(set(s) - set(allowed)):
+    raise ValueError(f'scaling.{unknown[0]}: unknown key for type {kind!r}; '
+                     f'allowed: {", ".join(allowed)}')
+  if missing := [key for key in _REQUIRED[kind] if s.get(key) is None]:
+    raise ValueError(f'scaling.{missing[0]}: required for type {kind!r}')
+  if kind == 'longrope' and s.get('factor') is None:
+    if s.get('max_position') is None:
+      raise ValueError('scaling.max_position: required for type longrope '
+                       'when scaling.factor is not given')
+    s['factor'] = s['max_position'] / s['original_max_position']
+  for key in ('factor', 'original_max_position', 'seq_len', 'beta_fast',
+              'beta_slow', 'attention_factor', 'low_freq_factor',
+              'high_freq_factor', 'max_position'):
+    if key in s and s[key] is not None and not s[key] > 0:
+      raise ValueError(f'scaling.{key}: must be > 0, got {s[key]!r}')
+  if kind == 'llama3' and not (s.get('low_freq_factor', 1.0)
+                               < s.get('high_freq_factor', 4.0)):
+    raise ValueError('scaling.high_freq_factor: must be > scaling.low_freq_factor')
+  for key in ('short_factor', 'long_factor'):
+    if key in s and (len(s[key]) != dim // 2 or min(s[key]) <= 0):
+      raise ValueError(f'scaling.{key}: must be {dim // 2} (= rotary dim / 2) '
+                       f'positive numbers, got {len(s[key])}')
+  return dict(s, type=kind)
+
+
+def rope_inv_freq(dim: int, *, base: float = 10000.0,
+                  scaling: Mapping[str, Any] | None = None
+                  ) -> tuple[np.ndarray, float]:
+  """Inverse frequencies ``[dim // 2]`` float32 and the attention factor.
+
+  ``scaling`` is None or a dict with ``type`` in ``SCALING_TYPES`` (keys in
+  ``_REQUIRED`` / ``_OPTIONAL``). The attention factor multiplies cos and sin
+  (YaRN's mscale, LongRoPE's scaling); it is 1.0 for the other types.
+  Computed in float64 from static hyperparameters, so ``seq_len`` (dynamic,
+  longrope) must be a Python number.
+  """
+  if dim <= 0 or dim % 2:
+    raise ValueError(f'rotary dim must be a positive even number, got {dim}')
+  if not base > 1:
+    raise ValueError(f'base: must be > 1, got {base!r}')
+  exponent = np.arange(0, dim, 2, dtype=np.float64) / dim
+  inv_freq = base ** -exponent
+  if scaling is None:
+    return inv_freq.astype(np.float32), 1.0
+  s = _check_scaling(scaling, dim)
+  kind, factor, attention_factor = s['type'], s.get('factor'), 1.0
+  if kind == 'linear':
+    inv_freq = inv_freq / factor
+  elif kind == 'ntk':
+    inv_freq = (base * factor ** (dim / (dim - 2))) ** -exponent
+  elif kind == 'dynamic':
+    ratio = s['seq_len'] / s['original_max_position']
+    if ratio > 1:
+      inv_freq = (base * (factor * ratio - (factor - 1)) ** (dim / (dim - 2))) ** -exponent
+  elif kind == 'yarn':
+    orig = s['original_max_position']
+    def correction_dim(rotations):
+      return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+    low = max(math.floor(correction_dim(s.get('beta_fast', 32.0))), 0)
+    high = min(math.ceil(correction_dim(s.get('beta_slow', 1.0))), dim - 1)
+    ramp = np.clip((np.arange(dim // 2) - low) / (high - low + 0.001 * (low == high)), 0, 1)
+    inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
+    attention_factor = s.get('attention_factor') or (
+        0.1 * math.log(factor) + 1 if factor > 1 else 1.0)
+  elif kind == 'llama3':
+    orig = s.get('original_max_position', 8192)
+    low_ff, high_ff = s.get('low_freq_factor', 1.0), s.get('high_freq_factor', 4.0)
+    wavelen = 2 * math.pi / inv_freq
+    smooth = np.clip((orig / wavelen - low_ff) / (high_ff - low_ff), 0, 1)
+    # smooth = 1 for wavelen <= orig / high_ff (kept), 0 for >= orig / low_ff
+    # (interpolated by factor), linear in orig / wavelen in between.
+    inv_freq = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+  else:  # longrope
+    use_long = s['seq_len'] > s['original_max_position']
+    ext = np.asarray(s['long_factor' if use_long else 'short_factor'], np.float64)
+    inv_freq = inv_freq / ext
+    attention_factor = s.get('attention_factor') or (
+        math.sqrt(1 + math.log(factor) / math.log(s['original_max_position']))
+        if factor > 1 else 1.0)
+  return inv_freq.astype(np.float32), float(attention_factor)
+
+
+def _cos_sin(pos_BxL: Array, inv_freq_R: Array) -> tuple[Array, Array]:
+  """cos and sin of ``pos * inv_freq``, ``[B, L, R]`` float32.
+
+  Plain float32 ``pos * inv_freq`` is off by up to half an ulp of the angle,
+  0.03 rad at 10^6. Instead positions split into 4096 * hi + lo and each
+  frequency into 12 high and 12 low mantissa bits, so ``hi * f_hi`` is exact
+  (for |pos| < 2^24) and the rest is a float32 sum below ~5000; cos and sin of
+  the sum follow from the addition theorem.
+  """
+  pos_BxL = pos_BxL.astype(jnp.int32)
+  lo_BxLx1 = (pos_BxL & 4095).astype(jnp.float32)[..., None]
+  hi_BxLx1 = (pos_BxL - (pos_BxL & 4095)).astype(jnp.float32)[..., None]
+  f_R = jnp.asarray(inv_freq_R, jnp.float32)
+  f_hi_R = jax.lax.bitcast_convert_type(
+      jax.lax.bitcast_convert_type(f_R, jnp.uint32) & jnp.uint32(0xFFFFF000),
+      jnp.float32)
+  f_lo_R = f_R - f_hi_R
+  big_BxLxR = hi_BxLx1 * f_hi_R
+  small_BxLxR = hi_BxLx1 * f_lo_R + lo_BxLx1 * f_hi_R + lo_BxLx1 * f_lo_R
+  cos_big, sin_big = jnp.cos(big_BxLxR), jnp.sin(big_BxLxR)
+  cos_small, sin_small = jnp.cos(small_BxLxR), jnp.sin(small_BxLxR)
+  return (cos_big * cos_small - sin_big * sin_small,
+          sin_big * cos_small + cos_big * sin_small)
+
+
+def _rotate(x_BxLxHxK: Array, cos_BxLxR: Array, sin_BxLxR: Array,
+            layout: str) -> Array:
+  """Rotates the first 2R channels pairwise (float32); the rest pass through."""
+  r = cos_BxLxR.shape[-1]
+  x_BxLxHxK32 = x_BxLxHxK.astype(jnp.float32)
+  rot_BxLxHx2R, rest_BxLxHxP = x_BxLxHxK32[..., :2 * r], x_BxLxHxK32[..., 2 * r:]
+  if layout == 'half':  # GPT-NeoX / LLaMA: pairs (i, i + R)
+    x1, x2 = rot_BxLxHx2R[..., :r], rot_BxLxHx2R[..., r:]
+  else:  # RoFormer: pairs (2i, 2i + 1)
+    x1, x2 = rot_BxLxHx2R[..., 0::2], rot_BxLxHx2R[..., 1::2]
+  cos_BxLx1xR, sin_BxLx1xR = cos_BxLxR[:, :, None], sin_BxLxR[:, :, None]
+  y1 = x1 * cos_BxLx1xR - x2 * sin_BxLx1xR
+  y2 = x2 * cos_BxLx1xR + x1 * sin_BxLx1xR
+  if layout == 'half':
+    y_BxLxHx2R = jnp.concatenate([y1, y2], axis=-1)
+  else:
+    y_BxLxHx2R = jnp.stack([y1, y2], axis=-1).reshape(rot_BxLxHx2R.shape)
+  return jnp.concatenate([y_BxLxHx2R, rest_BxLxHxP], axis=-1).astype(x_BxLxHxK.dtype)
+
+
+@functools.partial(jax.jit, static_argnames='layout')
+def apply_rope(x_BxLxHxK: Array, pos_BxL: Array, inv_freq_R: Array, *,
+               layout: str = 'half', attention_factor: float = 1.0) -> Array:
+  """Rotates the first ``2 * R`` channels of x by ``pos * inv_freq``.
+
+  ``layout`` 'half' pairs channel i with i + R (GPT-NeoX, LLaMA), 'interleaved'
+  pairs 2i with 2i + 1 (RoFormer). cos and sin are multiplied by
+  ``attention_factor``. Returns ``x.dtype``.
+  """
+  if layout not in LAYOUTS:
+    raise ValueError(f'layout: got {layout!r}; allowed: {", ".join(LAYOUTS)}')
+  if 2 * len(inv_freq_R) > x_BxLxHxK.shape[-1]:
+    raise ValueError(f'rotary dim {2 * len(inv_freq_R)} exceeds head dim '
+                     f'{x_BxLxHxK.shape[-1]}')
+  cos_BxLxR, sin_BxLxR = _cos_sin(pos_BxL, inv_freq_R)
+  return _rotate(x_BxLxHxK, attention_factor * cos_BxLxR,
+                 attention_factor * sin_BxLxR, layout)
+
+
+@functools.partial(jax.jit, static_argnames=('layout', 'downscale'))
+def apply_xpos(x_BxLxHxK: Array, pos_BxL: Array, inv_freq_R: Array, *,
+               scale_base: float = 512.0, center: int = 0, downscale: bool = False,
+               layout: str = 'half') -> Array:
+  """RoPE with pair i scaled by ``zeta_i ** (+-(pos - center) / scale_base)``.
+
+  ``zeta_i = (2i + 0.4 D) / (1.4 D)`` with D = 2R the rotary dim (torchscale);
+  queries use +, keys (``downscale``) use -. Exponents are float32.
+  """
+  dim = 2 * len(inv_freq_R)
+  zeta_R = (np.arange(0, dim, 2) + 0.4 * dim) / (1.4 * dim)
+  rel_BxLx1 = (pos_BxL.astype(jnp.int32) - center).astype(jnp.float32)[..., None]
+  scale_BxLxR = jnp.exp((-1.0 if downscale else 1.0) * rel_BxLx1 / scale_base
+                        * jnp.log(zeta_R.astype(np.float32)))
+  cos_BxLxR, sin_BxLxR = _cos_sin(pos_BxL, inv_freq_R)
+  return _rotate(x_BxLxHxK, scale_BxLxR * cos_BxLxR, scale_BxLxR * sin_BxLxR, layout)
+
+
+def _check_layout(layout: str) -> None:
+  if layout not in LAYOUTS:
+    raise ValueError(f'model.posenc_args.layout: got {layout!r}; allowed: '
+                     f'{", ".join(LAYOUTS)}')
+
+
+def _check_base(base: float) -> None:
+  if not base > 1:
+    raise ValueError(f'model.posenc_args.base: must be > 1, got {base!r}')
+
+
+@register('rope')
+class RoPE(Encoding):
+  """Rotary position embedding with optional context-extension ``scaling``.
+
+  ``rotary_fraction`` of each head's channels rotate (rounded down to even);
+  the rest pass through. ``scaling`` is a dict for ``rope_inv_freq``. Under
+  jit there is no runtime sequence length, so for 'dynamic' and 'longrope' the
+  ``seq_len`` is the dict's if given, else the key length S (static): in
+  cached decoding that is the cache size, so the full pass matches decoding
+  only when both see the same S. The attention factor scales q and k, so
+  logits scale by its square, as YaRN's mscale on cos/sin does.
+  """
+  base: float = 10000.0
+  layout: str = 'half'
+  rotary_fraction: float = 1.0
+  scaling: Any = None
+
+  acts_at = (QK,)
+
+  def __post_init__(self):
+    _check_base(self.base)
+    _check_layout(self.layout)
+    if not 0 < self.rotary_fraction <= 1 or self.rotary_dim == 0:
+      raise ValueError('model.posenc_args.rotary_fraction: must be in (0, 1] and '
+                       f'leave an even rotary dim >= 2 of head_dim {self.head_dim}, '
+                       f'got {self.rotary_fraction!r}')
+    if self.scaling is not None:
+      try:
+        rope_inv_freq(self.rotary_dim, base=self.base,
+                      scaling=self._scaling(self.max_len))
+      except ValueError as e:
+        raise ValueError(f'model.posenc_args.{e}') from None
+    super().__post_init__()
+
+  @property
+  def rotary_dim(self) -> int:
+    return int(self.head_dim * self.rotary_fraction) // 2 * 2
+
+  def _scaling(self, seq_len: int) -> dict[str, Any] | None:
+    if self.scaling is None:
+      return None
+    scaling = dict(self.scaling)
+    if scaling.get('type') in ('dynamic', 'longrope'):
+      scaling.setdefault('seq_len', seq_len)
+    return scaling
+
+  def qk(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS):
+    inv_freq_R, factor = rope_inv_freq(
+        self.rotary_dim, base=self.base, scaling=self._scaling(k_BxSxHxK.shape[1]))
+    rope = functools.partial(apply_rope, inv_freq_R=inv_freq_R,
+                             layout=self.layout, attention_factor=factor)
+    return rope(q_BxLxHxK, qpos_BxL), rope(k_BxSxHxK, kpos_BxS)
+
+
+@register('xpos')
+class XPos(Encoding):
+  """xPos (Sun et al. 2022): RoPE whose pair i also decays with distance.
+
+  ``apply_xpos`` scales q at m by ``zeta_i ** ((m - center) / scale_base)`` and
+  k at n by ``zeta_i ** (-(n - center) / scale_base)``, so the score carries
+  ``zeta_i ** ((m - n) / scale_base)`` <= 1 for m >= n. Default layout is
+  'half' (torchscale's is 'interleaved', a channel permutation of it). The two
+  scales are separate float32 numbers: zeta_0 ~ 0.29, so they under/overflow
+  once |pos - center| nears 70 * scale_base (~36k positions by default); set
+  ``center`` near the middle of the positions used (torchscale centres on the
+  sequence). Causal only: for m < n the factor grows without bound.
+  """
+  base: float = 10000.0
+  layout: str = 'half'
+  scale_base: float = 512.0
+  center: int = 0
+
+  acts_at = (QK,)
+
+  def __post_init__(self):
+    _check_base(self.base)
+    _check_layout(self.layout)
+    if not self.scale_base > 0:
+      raise ValueError(f'model.posenc_args.scale_base: must be > 0, got {self.scale_base!r}')
+    if self.head_dim % 2:
+      raise ValueError(f'xpos: head_dim must be even, got {self.head_dim}')
+    if not self.causal:
+      raise ValueError('xpos: requires causal attention (causal=True); its '
+                       'scale grows without bound for keys after the query')
+    super().__post_init__()
+
+  def qk(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS):
+    inv_freq_R, _ = rope_inv_freq(self.head_dim, base=self.base)
+    xpos = functools.partial(apply_xpos, inv_freq_R=inv_freq_R, scale_base=self.scale_base,
+                             center=self.center, layout=self.layout)
+    return xpos(q_BxLxHxK, qpos_BxL), xpos(k_BxSxHxK, kpos_BxS, downscale=True)
+
+
+@register('rope_2d')
+class RoPE2D(Encoding):
+  """Axial 2D RoPE for a row-major grid (e.g. LRA Image, 32 x 32 pixels).
+
+  Position p is at row ``p // grid_width``, column ``p % grid_width``; the first
+  half of each head rotates with the row, the second with the column, each a
+  1D RoPE of dim K / 2, so scores depend only on the (row, column) offset.
+  """
+  grid_width: int = 32
+  base: float = 10000.0
+  layout: str = 'half'
+
+  acts_at = (QK,)
+
+  def __post_init__(self):
+    _check_base(self.base)
+    _check_layout(self.layout)
+    if not self.grid_width > 0:
+      raise ValueError(f'model.posenc_args.grid_width: must be > 0, got {self.grid_width!r}')
+    if self.head_dim % 4:
+      raise ValueError(f'rope_2d: head_dim must be divisible by 4, got {self.head_dim}')
+    super().__post_init__()
+
+  def _rotate(self, x_BxLxHxK, pos_BxL):
+    inv_freq_R, _ = rope_inv_freq(self.head_dim // 2, base=self.base)
+    rope = functools.partial(apply_rope, inv_freq_R=inv_freq_R, layout=self.layout)
+    half = self.head_dim // 2
+    pos_BxL = pos_BxL.astype(jnp.int32)
+    return jnp.concatenate([
+        rope(x_BxLxHxK[..., :half], pos_BxL // self.grid_width),
+        rope(x_BxLxHxK[..., half:], pos_BxL % self.grid_width)], axis=-1)
+
+  def qk(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS):
+    return self._rotate(q_BxLxHxK, qpos_BxL), self._rotate(k_BxSxHxK, kpos_BxS)

@@ -1,0 +1,126 @@
+"""One frozen model config, built from ``config.model``."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+KINDS = ('decoder', 'encoder_classifier', 'matcher')
+ATTENTIONS = ('dense', 'blockwise')
+NORMS = ('layernorm', 'rmsnorm')
+POOLINGS = ('cls', 'mean')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _check(ok: bool, field: str, allowed: str, value: Any):
+  if not ok:
+    raise ValueError(f'model.{field}: got {value!r}; allowed: {allowed}')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Every knob of the models; variants are made with ``.replace(...)``."""
+  kind: str = 'decoder'
+  vocab_size: int = 260
+  num_layers: int = 2
+  num_heads: int = 4
+  model_dim: int = 128
+  mlp_dim: int = 512
+  max_len: int = 512          # the longest training length
+  dropout_rate: float = 0.0
+  dtype: str = 'float32'      # activation dtype; parameters stay float32
+  norm: str = 'layernorm'
+  tied_embedding: bool = True
+  posenc: str = 'rope'
+  posenc_args: tuple = ()     # sorted (key, value) pairs: hashable for jit
+  attention: str = 'dense'
+  block_size: int = 128       # blockwise attention: query and key block size
+  randomized_positions: bool = False
+  max_random_position: int = 2048
+  num_classes: int = 2        # encoder_classifier / matcher
+  pooling: str = 'mean'
+  pad_id: int = 0
+
+  def __post_init__(self):
+    from posjax import encodings  # Late import: encodings register on import.
+    _check(self.kind in KINDS, 'kind', ', '.join(KINDS), self.kind)
+    _check(self.attention in ATTENTIONS, 'attention', ', '.join(ATTENTIONS), self.attention)
+    _check(self.norm in NORMS, 'norm', ', '.join(NORMS), self.norm)
+    _check(self.pooling in POOLINGS, 'pooling', ', '.join(POOLINGS), self.pooling)
+    _check(self.dtype in DTYPES, 'dtype', ', '.join(DTYPES), self.dtype)
+    for f in ('vocab_size', 'num_layers', 'num_heads', 'model_dim', 'mlp_dim',
+              'max_len', 'block_size', 'max_random_position', 'num_classes'):
+      _check(getattr(self, f) > 0, f, 'a positive integer', getattr(self, f))
+    _check(0.0 <= self.dropout_rate < 1.0, 'dropout_rate', '[0, 1)', self.dropout_rate)
+    _check(self.model_dim % self.num_heads == 0, 'num_heads',
+           f'a divisor of model_dim={self.model_dim}', self.num_heads)
+    if self.randomized_positions:
+      _check(self.max_random_position >= self.max_len, 'max_random_position',
+             f'>= max_len={self.max_len}', self.max_random_position)
+    self.make_encoding()  # Validates posenc and posenc_args eagerly.
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any]) -> 'ModelConfig':
+    cfg = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - fields)
+    if unknown:
+      raise ValueError(f'model: unknown field(s) {", ".join(unknown)}; '
+                       f'allowed: {", ".join(sorted(fields))}')
+    args = cfg.get('posenc_args') or {}
+    if hasattr(args, 'to_dict'):
+      args = args.to_dict()
+    cfg['posenc_args'] = _freeze(dict(args))
+    return cls(**cfg)
+
+  def replace(self, **kw) -> 'ModelConfig':
+    if 'posenc_args' in kw and isinstance(kw['posenc_args'], Mapping):
+      kw['posenc_args'] = _freeze(dict(kw['posenc_args']))
+    return dataclasses.replace(self, **kw)
+
+  @property
+  def head_dim(self) -> int:
+    return self.model_dim // self.num_heads
+
+  @property
+  def causal(self) -> bool:
+    return self.kind == 'decoder'
+
+  @property
+  def activation_dtype(self):
+    return DTYPES[self.dtype]
+
+  def posenc_kwargs(self) -> dict[str, Any]:
+    return {k: _thaw(v) for k, v in self.posenc_args}
+
+  @property
+  def encoding_class(self):
+    from posjax import encodings
+    return encodings.get(self.posenc)
+
+  def make_encoding(self, name: str | None = None):
+    """A fresh (unbound) encoding module for this geometry."""
+    from posjax import encodings
+    return encodings.make(
+        self.posenc, self.posenc_kwargs(), name=name, num_heads=self.num_heads,
+        head_dim=self.head_dim, model_dim=self.model_dim,
+        max_len=self.max_random_position if self.randomized_positions else self.max_len,
+        causal=self.causal)
+
+
+def _freeze(x):
+  if isinstance(x, Mapping) or hasattr(x, 'to_dict'):
+    x = x.to_dict() if hasattr(x, 'to_dict') else x
+    return tuple(sorted((k, _freeze(v)) for k, v in x.items()))
+  if isinstance(x, list):
+    return ('__list__',) + tuple(_freeze(v) for v in x)
+  return x
+
+
+def _thaw(x):
+  if isinstance(x, tuple) and x and x[0] == '__list__':
+    return [_thaw(v) for v in x[1:]]
+  if isinstance(x, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in x) and x:
+    return {k: _thaw(v) for k, v in x}
+  return x

@@ -1,0 +1,164 @@
+"""Pre-norm transformers: a causal LM, an encoder classifier and a two-tower matcher.
+
+Positions are explicit ``[B, L]`` int arrays threaded through every layer; the
+positional encoding is asked for its hooks (``embed`` at the input, the rest
+inside attention). Encodings that are ``shared_across_layers`` (T5's table,
+absolute tables) are one model-level instance; the others get one per layer.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from posjax.encodings.base import Encoding
+from posjax.encodings.randomized import randomized_positions
+from posjax.models.attention import Attention
+from posjax.models.config import ModelConfig
+
+
+def _norm(cfg: ModelConfig, name: str):
+  scale = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
+  if cfg.norm == 'rmsnorm':
+    return nn.RMSNorm(dtype=cfg.activation_dtype, scale_init=scale, name=name)
+  return nn.LayerNorm(dtype=cfg.activation_dtype, scale_init=scale, name=name,
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+  shared: Encoding | None  # The model-level encoding, if shared across layers.
+
+  @nn.compact
+  def __call__(self, x, pos, seg, *, train: bool, decode: bool):
+    cfg = self.cfg
+    enc = self.shared if self.shared is not None else cfg.make_encoding('posenc')
+    drop = nn.Dropout(cfg.dropout_rate, deterministic=not train)
+    h = Attention(cfg, enc, name='attention')(_norm(cfg, 'pre_attention_norm')(x), pos, seg,
+                                             decode=decode)
+    x = x + drop(h)
+    h = _norm(cfg, 'pre_mlp_norm')(x)
+    dense = lambda n, axes, name: nn.Dense(  # noqa: E731
+        n, dtype=cfg.activation_dtype, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+    h = dense(cfg.mlp_dim, ('embed', 'mlp'), 'mlp_in')(h)
+    h = nn.with_logical_constraint(nn.gelu(h), ('batch', 'length', 'mlp'))
+    x = x + drop(dense(cfg.model_dim, ('mlp', 'embed'), 'mlp_out')(h))
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class Encoder(nn.Module):
+  """Token embedding, absolute encoding, the layer stack and a final norm."""
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedding = nn.Embed(
+        cfg.vocab_size, cfg.model_dim, dtype=cfg.activation_dtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(1.0), ('vocab', 'embed')))
+    shared = cfg.encoding_class.shared_across_layers
+    self.posenc = cfg.make_encoding() if shared else None
+    self.layers = [Block(cfg, self.posenc, name=f'layer_{i}') for i in range(cfg.num_layers)]
+    self.final_norm = _norm(cfg, 'final_norm')
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, *,
+               train: bool = False, decode: bool = False):
+    cfg = self.cfg
+    B, L = tokens_BxL.shape
+    pos = (jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+           if positions_BxL is None else positions_BxL.astype(jnp.int32))
+    seg = (jnp.ones((B, L), jnp.int32) if segment_ids_BxL is None
+           else segment_ids_BxL.astype(jnp.int32))
+    if cfg.randomized_positions and train:
+      pos = randomized_positions(self.make_rng('positions'), pos, cfg.max_random_position)
+    x = self.embedding(tokens_BxL)
+    if self.posenc is not None:  # Only shared encodings act on the embedding.
+      x = self.posenc.embed(x, pos)
+    x = x.astype(cfg.activation_dtype)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = self.dropout(x, deterministic=not train)
+    for layer in self.layers:
+      x = layer(x, pos, seg, train=train, decode=decode)
+    return self.final_norm(x)
+
+  def logits(self, x_BxLxD):
+    """Tied output embedding, scaled by 1/sqrt(D) as in flax's lm1b."""
+    return self.embedding.attend(x_BxLxD.astype(jnp.float32)) / jnp.sqrt(self.cfg.model_dim)
+
+
+class Decoder(nn.Module):
+  """Causal language model: ``tokens [B, L] -> logits [B, L, V]`` float32."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL, positions=None, segment_ids=None, *,
+               train: bool = False, decode: bool = False):
+    encoder = Encoder(self.cfg, name='decoder')
+    x = encoder(tokens_BxL, positions, segment_ids, train=train, decode=decode)
+    if self.cfg.tied_embedding:
+      logits = encoder.logits(x)
+    else:
+      logits = nn.Dense(self.cfg.vocab_size, dtype=jnp.float32, name='unembed',
+                        kernel_init=nn.with_logical_partitioning(
+                            nn.initializers.lecun_normal(), ('embed', 'vocab')))(x)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+
+
+def _pool(cfg: ModelConfig, x_BxLxD, tokens_BxL):
+  if cfg.pooling == 'cls':
+    return x_BxLxD[:, 0]
+  keep = (tokens_BxL != cfg.pad_id)[..., None].astype(jnp.float32)
+  return (x_BxLxD.astype(jnp.float32) * keep).sum(1) / jnp.maximum(keep.sum(1), 1.0)
+
+
+def _padding_segments(cfg: ModelConfig, tokens_BxL, segment_ids):
+  """Without explicit segments, padding forms its own segment (attends nothing real)."""
+  if segment_ids is not None:
+    return segment_ids
+  return (tokens_BxL != cfg.pad_id).astype(jnp.int32)
+
+
+class _Head(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, h):
+    cfg = self.cfg
+    dense = lambda n, axes, name: nn.Dense(  # noqa: E731
+        n, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+    h = nn.gelu(dense(cfg.mlp_dim, ('embed', 'mlp'), 'hidden')(h))
+    return dense(cfg.num_classes, ('mlp', 'classes'), 'classes')(h).astype(jnp.float32)
+
+
+class EncoderClassifier(nn.Module):
+  """Bidirectional encoder with CLS or mean pooling: ``[B, L] -> [B, C]``."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL, positions=None, segment_ids=None, *, train: bool = False):
+    seg = _padding_segments(self.cfg, tokens_BxL, segment_ids)
+    x = Encoder(self.cfg, name='encoder')(tokens_BxL, positions, seg, train=train)
+    return _Head(self.cfg, name='head')(_pool(self.cfg, x, tokens_BxL))
+
+
+class Matcher(nn.Module):
+  """Two towers sharing one encoder (LRA Retrieval): MLP over [u, v, u*v, u-v]."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens1_BxL, tokens2_BxL, *, train: bool = False):
+    encoder = Encoder(self.cfg, name='encoder')
+    u, v = (_pool(self.cfg, encoder(t, None, _padding_segments(self.cfg, t, None), train=train), t)
+            for t in (tokens1_BxL, tokens2_BxL))
+    return _Head(self.cfg, name='head')(jnp.concatenate([u, v, u * v, u - v], -1))
+
+
+def build(cfg: ModelConfig) -> nn.Module:
+  """The model for ``cfg.kind``."""
+  return {'decoder': Decoder, 'encoder_classifier': EncoderClassifier,
+          'matcher': Matcher}[cfg.kind](cfg)

@@ -1,0 +1,379 @@
+"""Language-model training: ``train_and_evaluate(config, workdir)``.
+
+One jitted train step with explicit in/out shardings (the state is donated),
+derived from the parameters' logical axis names and ``config.logical_axis_rules``.
+The loop dispatches step n before reading step n-1's metrics, stops on a NaN
+loss naming the step, evaluates at every ``config.eval_lengths`` in one pass,
+and checkpoints every ``config.checkpoint_every_steps``, at the end and on
+SIGTERM (then exits 0).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from posjax import checkpoint
+from posjax import sharding
+from posjax.data import text
+
+SCHEDULES = ('cosine', 'rsqrt')
+
+
+# ----------------------------------------------------------------------------
+# Validation (before anything is written).
+
+def maybe_initialize_distributed(config) -> None:
+  """``jax.distributed.initialize()`` for multi-process runs."""
+  wanted = config.get('multihost', False) or any(
+      os.environ.get(v) for v in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES'))
+  if wanted and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def validate_config(config):
+  """Checks everything checkable without side effects; returns the ModelConfig."""
+  from posjax import models
+  mcfg = models.ModelConfig.from_config(config.model)
+  if mcfg.kind != 'decoder':
+    raise ValueError(f'model.kind: got {mcfg.kind!r}; allowed: decoder (this trainer '
+                     'trains language models)')
+  if mcfg.vocab_size < text.VOCAB_SIZE:
+    raise ValueError(f'model.vocab_size: got {mcfg.vocab_size}; allowed: >= '
+                     f'{text.VOCAB_SIZE} (the byte tokenizer)')
+  n = jax.device_count()
+  parallel = sharding.batch_parallelism(config.mesh, n)  # Validates the mesh.
+  sharding.normalize_rules(config.logical_axis_rules)
+  procs = jax.process_count()
+  for name in ('batch_size', 'eval_batch_size'):
+    b = config[name]
+    if b <= 0 or b % parallel or b % procs:
+      raise ValueError(f'{name}: got {b}; allowed: a positive multiple of '
+                       f'data*fsdp={parallel} and of the process count {procs}')
+  for name in ('num_train_steps', 'seq_len', 'log_every_steps', 'eval_every_steps',
+               'checkpoint_every_steps', 'keep_checkpoints', 'grad_accum_steps',
+               'num_eval_batches'):
+    if int(config[name]) <= 0:
+      raise ValueError(f'{name}: got {config[name]!r}; allowed: a positive integer')
+  if config.seq_len > mcfg.max_len:
+    raise ValueError(f'seq_len: got {config.seq_len}; allowed: <= model.max_len='
+                     f'{mcfg.max_len}')
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f'schedule: got {config.schedule!r}; allowed: '
+                     f'{", ".join(SCHEDULES)}')
+  if not config.eval_lengths or any(int(l) <= 0 for l in config.eval_lengths):
+    raise ValueError(f'eval_lengths: got {config.eval_lengths!r}; allowed: a '
+                     'non-empty list of positive integers')
+  if config.data.name != 'local_text':
+    raise ValueError(f'data.name: got {config.data.name!r}; allowed: local_text')
+  text.list_documents(config.data.get('path'))  # Raises 'data.path: ...'.
+  return mcfg
+
+
+# ----------------------------------------------------------------------------
+# Optimizer, state and steps.
+
+def make_schedule(config) -> optax.Schedule:
+  steps = max(config.num_train_steps // config.grad_accum_steps, 1)
+  warmup = min(config.warmup_steps, steps)
+  lr = config.learning_rate
+  if config.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup_steps=warmup, decay_steps=steps, end_value=0.1 * lr)
+  w = max(warmup, 1)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, w),
+       lambda s: lr * jnp.sqrt(w / (s + w))], [w])
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  tx = optax.chain(
+      optax.clip_by_global_norm(config.grad_clip),
+      optax.adamw(make_schedule(config), b1=config.get('adam_b1', 0.9),
+                  b2=config.get('adam_b2', 0.98),
+                  weight_decay=config.get('weight_decay', 0.0),
+                  mask=lambda p: jax.tree.map(lambda x: jnp.ndim(x) > 1, p)))
+  if config.grad_accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
+  return tx
+
+
+def _dummy_batch(batch_size: int, length: int) -> dict[str, jax.Array]:
+  z = jnp.zeros((batch_size, length), jnp.int32)
+  return {'inputs': z, 'targets': z, 'segment_ids': jnp.ones_like(z),
+          'positions': jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), z.shape)}
+
+
+def _boxed_init(model, tx, config, rng):
+  """The boxed (logically annotated) train state."""
+  b = _dummy_batch(1, config.seq_len)
+  variables = model.init({'params': rng}, b['inputs'], positions=b['positions'],
+                         segment_ids=b['segment_ids'], train=False)
+  params = variables['params']
+  return {'params': params, 'opt_state': tx.init(params),
+          'step': jnp.zeros((), jnp.int32),
+          'rng': jax.random.key_data(jax.random.key(config.seed + 1))}
+
+
+def cross_entropy(logits_BxLxV, targets_BxL, weights_BxL):
+  """Sums of token losses, correct predictions and weights."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
+  correct = jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL
+  return ((losses * weights_BxL).sum(), (correct * weights_BxL).sum(),
+          weights_BxL.sum())
+
+
+def _weights(batch):
+  return ((batch['segment_ids'] > 0) & (batch['targets'] != text.PAD)).astype(jnp.float32)
+
+
+def train_step(state, batch, *, model, tx, schedule, grad_accum_steps):
+  rng = jax.random.wrap_key_data(state['rng'])
+  k_dropout, k_positions = jax.random.split(jax.random.fold_in(rng, state['step']))
+  weights = _weights(batch)
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, batch['inputs'],
+                         positions=batch['positions'], segment_ids=batch['segment_ids'],
+                         train=True, rngs={'dropout': k_dropout, 'positions': k_positions})
+    loss_sum, correct, count = cross_entropy(logits, batch['targets'], weights)
+    count = jnp.maximum(count, 1.0)
+    return loss_sum / count, (correct / count, count)
+
+  (loss, (accuracy, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state['params'])
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  metrics = {'loss': loss, 'accuracy': accuracy, 'tokens': count,
+             'grad_norm': optax.tree.norm(grads),
+             'param_norm': optax.tree.norm(params),
+             'learning_rate': schedule(state['step'] // grad_accum_steps)}
+  new_state = {'params': params, 'opt_state': opt_state,
+               'step': state['step'] + 1, 'rng': state['rng']}
+  return new_state, metrics
+
+
+def eval_step(params, batch, *, model):
+  logits = model.apply({'params': params}, batch['inputs'], positions=batch['positions'],
+                       segment_ids=batch['segment_ids'], train=False)
+  loss_sum, correct, count = cross_entropy(logits, batch['targets'], _weights(batch))
+  return {'loss_sum': loss_sum, 'correct': correct, 'count': count}
+
+
+class Trainer:
+  """Holds the mesh, model, shardings and jitted functions of one experiment."""
+
+  def __init__(self, config, mcfg=None, devices=None):
+    from posjax import models
+    self.config = config
+    self.mcfg = mcfg or models.ModelConfig.from_config(config.model)
+    self.model = models.build(self.mcfg)
+    self.mesh = sharding.make_mesh(config.mesh, devices)
+    self.tx = make_optimizer(config)
+    self.schedule = make_schedule(config)
+    init = functools.partial(_boxed_init, self.model, self.tx, config)
+    self.rng = jax.random.key(config.seed)
+    with self._context(rules=False):
+      boxed = jax.eval_shape(init, self.rng)
+    self.rules = sharding.complete_rules(config.logical_axis_rules, boxed)
+    self.state_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
+    self.abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.unbox(boxed), self.state_shardings)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    batch_shardings = {k: self.batch_sharding for k in
+                       ('inputs', 'targets', 'segment_ids', 'positions')}
+    replicated = sharding.replicated(self.mesh)
+    self._init = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=self.state_shardings)
+    self._train_step = jax.jit(
+        functools.partial(train_step, model=self.model, tx=self.tx,
+                          schedule=self.schedule,
+                          grad_accum_steps=config.grad_accum_steps),
+        in_shardings=(self.state_shardings, batch_shardings),
+        out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+    self._eval_step = jax.jit(
+        functools.partial(eval_step, model=self.model),
+        in_shardings=(self.state_shardings['params'], batch_shardings),
+        out_shardings=replicated)
+
+  def _context(self, rules: bool = True):
+    # Initialisation runs without the rules: its shardings come from
+    # ``out_shardings`` (and flax would constrain DenseGeneral's kernels
+    # before they are reshaped); activations are constrained in the steps.
+    import contextlib
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    if rules:
+      stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def init_state(self):
+    with self._context(rules=False):
+      return self._init(self.rng)
+
+  def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+            for k, v in local_batch.items()}
+
+  def train_step(self, state, batch):
+    with self._context():
+      return self._train_step(state, self.global_batch(batch))
+
+  def evaluate(self, params, eval_sets) -> dict[str, float]:
+    """Loss / accuracy at every eval length, in one pass."""
+    sums = {}
+    with self._context():
+      for length, batches in eval_sets.items():
+        sums[length] = [self._eval_step(params, self.global_batch(b)) for b in batches]
+    out = {}
+    for length, results in sums.items():
+      results = jax.device_get(results)
+      count = max(sum(float(r['count']) for r in results), 1.0)
+      loss = sum(float(r['loss_sum']) for r in results) / count
+      out[f'eval/loss@{length}'] = loss
+      out[f'eval/accuracy@{length}'] = sum(float(r['correct']) for r in results) / count
+      out[f'eval/bits_per_byte@{length}'] = loss / math.log(2)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Logging.
+
+class MetricWriter:
+  """TensorBoard event files and ``metrics.jsonl`` in the workdir (process 0)."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(logdir=workdir)
+      self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+
+  def write(self, step: int, metrics: dict[str, float]):
+    if not self.enabled:
+      return
+    for k, v in metrics.items():
+      self.tb.add_scalar(k, v, step)
+    self.jsonl.write(json.dumps({'step': step, **metrics}) + '\n')
+    self.jsonl.flush()
+
+  def close(self):
+    if self.enabled:
+      self.tb.close()
+      self.jsonl.close()
+
+
+def _progress(step: int, total: int, metrics: dict[str, float]):
+  if jax.process_index() != 0:
+    return
+  line = (f'\rstep {step}/{total}  loss {metrics["train/loss"]:.4f}  '
+          f'acc {metrics["train/accuracy"]:.3f}  '
+          f'{metrics["train/tokens_per_sec"]:.0f} tok/s  '
+          f'{metrics["train/step_time"] * 1e3:.0f} ms/step')
+  sys.stderr.write(line)
+  sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Trains ``config``'s language model, writing everything under ``workdir``."""
+  maybe_initialize_distributed(config)
+  mcfg = validate_config(config)
+  trainer = Trainer(config, mcfg)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint.save_config(workdir, config)
+
+  pidx, pcount = jax.process_index(), jax.process_count()
+  data_iter = text.train_iterator(config, pidx, pcount)
+  eval_sets = text.eval_sets(config, pidx, pcount)
+  mngr = checkpoint.manager(workdir, config)
+  state, start = checkpoint.restore(mngr, trainer.abstract_state, data_iter)
+  if state is None:
+    state, start = trainer.init_state(), 0
+  else:
+    logging.info('resumed from step %d', start)
+  writer = MetricWriter(workdir)
+  total = config.num_train_steps
+  final: dict[str, float] = {}
+  window: list[dict[str, Any]] = []
+  last_log = time.perf_counter()
+  pending = None  # (step, metrics on device) of the previous step.
+
+  def consume(step, metrics_dev):
+    nonlocal last_log, window
+    m = jax.device_get(metrics_dev)
+    if not np.isfinite(m['loss']):
+      raise FloatingPointError(f'step {step}: loss is {float(m["loss"])} '
+                               '(NaN/Inf); stopping')
+    window.append(m)
+    if step % config.log_every_steps == 0 or step == total:
+      now = time.perf_counter()
+      elapsed, n = now - last_log, len(window)
+      loss = float(np.mean([w['loss'] for w in window]))
+      out = {'train/loss': loss,
+             'train/accuracy': float(np.mean([w['accuracy'] for w in window])),
+             'train/perplexity': float(np.exp(loss)),
+             'train/bits_per_byte': loss / math.log(2),
+             'train/grad_norm': float(window[-1]['grad_norm']),
+             'train/param_norm': float(window[-1]['param_norm']),
+             'train/learning_rate': float(window[-1]['learning_rate']),
+             'train/tokens_per_sec': float(sum(w['tokens'] for w in window)) / elapsed,
+             'train/step_time': elapsed / n}
+      writer.write(step, out)
+      _progress(step, total, out)
+      final.update(out)
+      window, last_log = [], now
+
+  try:
+    with checkpoint.PreemptionFlag() as preempt:
+      for step in range(start + 1, total + 1):  # ``step`` = steps done after it.
+        batch = next(data_iter)
+        state, metrics = trainer.train_step(state, batch)
+        if pending is not None:
+          consume(*pending)
+        pending = (step, metrics)
+        if step % config.eval_every_steps == 0 or step == total:
+          consume(*pending)
+          pending = None
+          ev = trainer.evaluate(state['params'], eval_sets)
+          writer.write(step, ev)
+          final.update(ev)
+          if jax.process_index() == 0:
+            sys.stderr.write(f'\nstep {step} eval: ' + '  '.join(
+                f'loss@{l} {ev[f"eval/loss@{l}"]:.4f}' for l in eval_sets) + '\n')
+        if step % config.checkpoint_every_steps == 0 or step == total or preempt.requested:
+          if pending is not None:
+            consume(*pending)
+            pending = None
+          checkpoint.save(mngr, step, state, data_iter)
+        if preempt.requested:
+          logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
+          writer.close()
+          mngr.close()
+          sys.stderr.write(f'\nSIGTERM: checkpoint saved at step {step}\n')
+          sys.exit(0)
+      if pending is not None:
+        consume(*pending)
+  finally:
+    if jax.process_index() == 0:
+      sys.stderr.write('\n')
+  if not any(k.startswith('eval/') for k in final):  # Resumed a finished run.
+    final.update(trainer.evaluate(state['params'], eval_sets))
+  writer.close()
+  mngr.close()
+  final['step'] = total
+  return final

@@ -1,0 +1,32 @@
+"""Test setup: 8 fake CPU devices (before jax is imported) and a ``slow`` marker."""
+import os
+
+_FLAG = '--xla_force_host_platform_device_count=8'
+if _FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG).strip()
+
+# Identical programs (a resumed run, a second trainer) compile once per session.
+import tempfile  # noqa: E402
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='posjax_jit_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import pytest  # noqa: E402
+
+
+def pytest_addoption(parser):
+  parser.addoption('--runslow', action='store_true', default=False,
+                   help='also run tests marked slow')
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: slow test, run only with --runslow')
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption('--runslow'):
+    return
+  skip = pytest.mark.skip(reason='slow: pass --runslow to run')
+  for item in items:
+    if 'slow' in item.keywords:
+      item.add_marker(skip)

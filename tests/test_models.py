@@ -1,0 +1,198 @@
+"""The spec every registered encoding meets inside the models."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from posjax import encodings, models
+
+NAMES = encodings.names()
+CAUSAL = [n for n in NAMES if n not in ('rope_2d', 'sinusoidal_2d')] + ['rope_2d', 'sinusoidal_2d']
+
+
+def _cfg(posenc, **kw):
+  base = dict(kind='decoder', vocab_size=40, num_layers=2, num_heads=2, model_dim=32,
+              mlp_dim=64, max_len=32, posenc=posenc, block_size=4)
+  base.update(kw)
+  return models.ModelConfig.from_config(base)
+
+
+def _supports(posenc, causal):
+  cls = encodings.get(posenc)
+  try:
+    _cfg(posenc, kind='decoder' if causal else 'encoder_classifier')
+  except ValueError:
+    return False
+  return cls is not None
+
+
+def _init(cfg, tokens, seed=0):
+  return models.build(cfg), _params(cfg, tokens.shape, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _params(cfg, shape, seed):
+  """Generic random parameters (no zeros, so T5's table, u, v, E all matter).
+
+  Shapes come from ``jax.eval_shape``; values from numpy: no init compile.
+  """
+  shapes = jax.eval_shape(models.build(cfg).init, jax.random.key(0), jnp.zeros(shape, jnp.int32))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype),
+                      nn.unbox(shapes['params']))
+
+
+def _tokens(B=2, L=12, seed=3):
+  return jax.random.randint(jax.random.key(seed), (B, L), 4, 40)
+
+
+def test_names_cover_the_issue():
+  required = {'none', 'sinusoidal', 'learned', 'rope', 'xpos', 't5', 'alibi', 'kerple_log',
+              'kerple_power', 'fire', 'shaw', 'transformer_xl', 'cope', 'rope_2d',
+              'sinusoidal_2d'}
+  assert required <= set(NAMES)
+
+
+@pytest.mark.parametrize('posenc', NAMES)
+def test_jit_matches_eager(posenc):
+  cfg = _cfg(posenc, num_layers=1)
+  tokens = _tokens()
+  model, params = _init(cfg, tokens)
+  eager = model.apply({'params': params}, tokens)
+  jitted = jax.jit(model.apply)({'params': params}, tokens)
+  np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
+  assert np.isfinite(eager).all()
+
+
+@pytest.mark.parametrize('kind', ['decoder', 'encoder_classifier'])
+@pytest.mark.parametrize('posenc', NAMES)
+def test_blockwise_equals_dense(posenc, kind):
+  if not _supports(posenc, kind == 'decoder'):
+    pytest.skip(f'{posenc} is not defined for {kind}')
+  tokens = _tokens(L=10)  # Blocks of 4, 4 and a ragged 2.
+  dense = _cfg(posenc, kind=kind)
+  model, params = _init(dense, tokens)
+  block = models.build(dense.replace(attention='blockwise'))
+
+  def loss(m, p):
+    out = m.apply({'params': p}, tokens)
+    return (out ** 2).mean(), out
+
+  grad = lambda m: jax.jit(jax.value_and_grad(functools.partial(loss, m), has_aux=True))  # noqa: E731
+  (_, od), gd = grad(model)(params)
+  (_, ob), gb = grad(block)(params)
+  np.testing.assert_allclose(od, ob, rtol=2e-5, atol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), gd, gb)
+
+
+@pytest.mark.parametrize('attention', ['dense', 'blockwise'])
+@pytest.mark.parametrize('posenc', NAMES)
+def test_cached_decoding_equals_full_pass(posenc, attention):
+  cfg = _cfg(posenc, attention=attention)
+  if not cfg.encoding_class.supports_decoding:
+    pytest.skip(f'{posenc} does not decode')
+  B, L = 2, 10
+  tokens = _tokens(B, L)
+  model, params = _init(cfg, tokens)
+  full = jax.jit(model.apply)({'params': params}, tokens)
+  cache = models.init_cache(model, params, B, L)
+  step = jax.jit(functools.partial(models.decode_step, model))
+  pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+  # A prefill chunk of 4, then one token at a time.
+  logits, cache = step(params, cache, tokens[:, :4], pos[:, :4])
+  steps = [logits]
+  for i in range(4, L):
+    logits, cache = step(params, cache, tokens[:, i:i + 1], pos[:, i:i + 1])
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('posenc', NAMES)
+def test_packed_equals_separate(posenc):
+  cfg = _cfg(posenc)
+  docs = _tokens(2, 6, seed=5)
+  model, params = _init(cfg, docs)
+  apply = jax.jit(model.apply)
+  separate = apply({'params': params}, docs)
+  # Both documents packed into one row, then that row twice (same batch shape).
+  packed = jnp.stack([jnp.concatenate([docs[0], docs[1]])] * 2)
+  seg = jnp.array([[1] * 6 + [2] * 6] * 2)
+  pos = jnp.array([list(range(6)) * 2] * 2)
+  out = apply({'params': params}, packed, pos, seg)
+  np.testing.assert_allclose(out[0, :6], separate[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out[0, 6:], separate[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('posenc', NAMES)
+def test_every_parameter_gets_gradient(posenc):
+  cfg = _cfg(posenc)
+  tokens = _tokens()
+  model, params = _init(cfg, tokens)
+  grads = jax.jit(jax.grad(lambda p: model.apply({'params': p}, tokens).std()))(params)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.abs(np.asarray(g)).max() > 0, f'no gradient reaches {jax.tree_util.keystr(path)}'
+
+
+def test_nope_order_only_through_causal_mask():
+  tokens = _tokens(1, 8)
+  perm = jnp.array([3, 1, 7, 0, 5, 2, 6, 4])
+  enc = _cfg('none', kind='encoder_classifier', pooling='mean')
+  model, params = _init(enc, tokens)
+  # Bidirectional NoPE with mean pooling is blind to order ...
+  np.testing.assert_allclose(model.apply({'params': params}, tokens),
+                             model.apply({'params': params}, tokens[:, perm]), rtol=1e-5, atol=1e-5)
+  # ... while the causal mask alone lets a NoPE decoder see it.
+  dec = _cfg('none')
+  model, params = _init(dec, tokens)
+  swapped = tokens.at[:, 0].set(tokens[0, 1]).at[:, 1].set(tokens[0, 0])
+  last = lambda t: model.apply({'params': params}, t)[:, -1]  # noqa: E731
+  assert not np.allclose(last(tokens), last(swapped), atol=1e-4)
+
+
+def test_randomized_positions_only_in_training():
+  cfg = _cfg('rope', randomized_positions=True, max_random_position=64)
+  tokens = _tokens()
+  model, params = _init(cfg, tokens)
+  rngs = lambda s: {'positions': jax.random.key(s), 'dropout': jax.random.key(0)}  # noqa: E731
+  train = [model.apply({'params': params}, tokens, train=True, rngs=rngs(s)) for s in (1, 2)]
+  assert not np.allclose(train[0], train[1])
+  np.testing.assert_allclose(model.apply({'params': params}, tokens),
+                             models.build(cfg.replace(randomized_positions=False)).apply(
+                                 {'params': params}, tokens), rtol=1e-6)
+
+
+def test_classifier_and_matcher_shapes():
+  tokens = _tokens()
+  cfg = _cfg('alibi', kind='encoder_classifier', num_classes=5, pooling='cls')
+  model, params = _init(cfg, tokens)
+  assert model.apply({'params': params}, tokens).shape == (2, 5)
+  cfg = _cfg('t5', kind='matcher', num_classes=2)
+  model = models.build(cfg)
+  params = model.init(jax.random.key(0), tokens, tokens[::-1])['params']
+  assert model.apply({'params': params}, tokens, tokens[::-1]).shape == (2, 2)
+
+
+def test_sampling_is_greedy_consistent():
+  cfg = _cfg('rope')
+  tokens = _tokens(2, 3)
+  model, params = _init(cfg, tokens)
+  out = models.sample(model, params, tokens, jax.random.key(0), max_len=8, temperature=0)
+  assert out.shape == (2, 8)
+  np.testing.assert_array_equal(out[:, :3], tokens)
+  # Greedy: each sampled token is the argmax of the full pass over its prefix.
+  full = model.apply({'params': params}, out)
+  np.testing.assert_array_equal(full[:, 2:-1].argmax(-1), out[:, 3:])
+
+
+def test_bad_model_config_names_the_field():
+  with pytest.raises(ValueError, match='model.posenc: unknown encoding .*allowed'):
+    _cfg('nope')
+  with pytest.raises(ValueError, match='model.num_heads'):
+    _cfg('rope', num_heads=3)
+  with pytest.raises(ValueError, match='model.attention'):
+    _cfg('rope', attention='flash')
+  with pytest.raises(ValueError, match='model.posenc_args'):
+    _cfg('alibi', posenc_args={'bogus': 1})

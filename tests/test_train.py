@@ -1,0 +1,234 @@
+"""The trainer on 8 fake CPU devices: shardings, 1-vs-8 device losses, resume,
+analysis loading, SIGTERM, bad configs. Tiny models; the file runs in ~1 min."""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from posjax import checkpoint, sharding, train
+from posjax.data import text
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _lm_module():
+  spec = importlib.util.spec_from_file_location('lm_config', os.path.join(ROOT, 'configs', 'lm.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+  """A small deterministic text corpus (hermetic and fast to list)."""
+  d = tmp_path_factory.mktemp('corpus')
+  rng = np.random.default_rng(0)
+  words = ['def', 'return', 'self', 'import', 'class', 'x', 'y', '=', '+', '(', ')', ':']
+  for i in range(40):
+    n = int(rng.integers(20, 200))
+    (d / f'doc{i:02d}.txt').write_text(' '.join(rng.choice(words, n)) + '\n')
+  return str(d)
+
+
+def tiny_config(corpus, **overrides):
+  c = _lm_module().get_config('posenc=rope,runlocal')
+  c.data.path = corpus
+  c.num_train_steps = 2
+  c.log_every_steps = 1
+  c.eval_every_steps = 100
+  c.checkpoint_every_steps = 100
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.num_eval_batches = 1
+  c.seq_len = 16
+  c.eval_lengths = [16, 32]
+  c.warmup_steps = 1
+  c.model.update(num_layers=1, num_heads=4, model_dim=32, mlp_dim=64, max_len=16,
+                 dtype='float32')
+  c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split('.')
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return c
+
+
+# ---------------------------------------------------------------------------
+# Mesh and shardings.
+
+def test_mesh_size_mismatch_is_a_clear_error():
+  assert sharding.mesh_shape({'data': -1, 'fsdp': 2, 'tensor': 2}, 8) == (2, 2, 2)
+  with pytest.raises(ValueError, match=r'^mesh: .*allowed'):
+    sharding.mesh_shape({'data': 3, 'fsdp': 1, 'tensor': 1}, 8)
+  with pytest.raises(ValueError, match=r'^mesh: .*allowed'):
+    sharding.mesh_shape({'data': -1, 'fsdp': 3, 'tensor': 1}, 8)
+
+
+def _expected_spec(names, rules):
+  table = dict(rules)
+  return jax.P(*[table.get(n) for n in names])
+
+
+@pytest.fixture(scope='module')
+def reference(corpus):
+  """Two steps on one device: the batches, the losses and the final params."""
+  cfg = tiny_config(corpus, mesh={'data': 1, 'fsdp': 1, 'tensor': 1})
+  one = train.Trainer(cfg, devices=jax.devices('cpu')[:1])
+  it = text.train_iterator(cfg)
+  batches = [next(it) for _ in range(2)]
+  state, losses = one.init_state(), []
+  for b in batches:
+    state, m = one.train_step(state, b)
+    losses.append(float(m['loss']))
+  return batches, losses, jax.device_get(state['params'])
+
+
+@pytest.mark.parametrize('shape', [(8, 1, 1), (2, 2, 2), (1, 2, 4)])
+def test_sharded_steps_match_single_device(corpus, reference, shape):
+  cpus = jax.devices('cpu')
+  assert len(cpus) == 8, 'conftest must fake 8 CPU devices'
+  cfg = tiny_config(corpus, mesh=dict(zip(sharding.MESH_AXES, shape)))
+  many = train.Trainer(cfg, devices=cpus)
+
+  # Parameter shardings follow the rules.
+  boxed = jax.eval_shape(
+      lambda r: train._boxed_init(many.model, many.tx, cfg, r), many.rng)['params']
+  leaves = jax.tree.leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  specs = jax.tree.leaves(many.state_shardings['params'])
+  assert len(specs) == len(leaves)
+  sharded = 0
+  for (path, leaf), got in zip(leaves, specs):
+    names = leaf.names if isinstance(leaf, nn.Partitioned) else ()  # Unnamed: replicated.
+    assert got.spec == _expected_spec(names, many.rules), (path, got.spec, names)
+    sharded += any(a is not None for a in got.spec)
+  if shape != (8, 1, 1):
+    assert sharded > 0
+
+  batches, losses, params = reference
+  state = many.init_state()
+  for b, want in zip(batches, losses):
+    state, m = many.train_step(state, b)
+    np.testing.assert_allclose(float(m['loss']), want, rtol=2e-5)
+  for x, y in zip(jax.tree.leaves(jax.device_get(state['params'])), jax.tree.leaves(params)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  # Each state leaf lives where the shardings say.
+  for leaf, want in zip(jax.tree.leaves(state), jax.tree.leaves(many.state_shardings)):
+    assert leaf.sharding.is_equivalent_to(want, leaf.ndim)
+
+
+# ---------------------------------------------------------------------------
+# Data.
+
+def test_packing_never_leaks_and_iterator_resumes(corpus):
+  cfg = tiny_config(corpus)
+  it = text.train_iterator(cfg)
+  b = next(it)
+  seg, pos = b['segment_ids'], b['positions']
+  assert b['inputs'].shape == (8, 16)
+  same = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
+  np.testing.assert_array_equal(b['inputs'][:, 1:][same], b['targets'][:, :-1][same])
+  np.testing.assert_array_equal(pos[:, 1:][same], pos[:, :-1][same] + 1)
+  starts = (seg > 0) & ~np.concatenate([np.zeros((8, 1), bool), same], axis=1)
+  assert (pos[starts] == 0).all()
+  state = it.get_state()
+  nxt = next(it)
+  it.set_state(state)
+  again = next(it)
+  for k in nxt:
+    np.testing.assert_array_equal(nxt[k], again[k])
+  assert text.decode(text.encode('héllo')) == 'héllo'.encode()
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints.
+
+def test_resume_is_bit_identical_and_loads_for_analysis(corpus, tmp_path):
+  cfg = tiny_config(corpus, num_train_steps=4, checkpoint_every_steps=2,
+                    eval_every_steps=4)
+  a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+  final = train.train_and_evaluate(cfg, a)
+  assert np.isfinite(final['eval/loss@32']) and final['step'] == 4
+  shutil.copytree(a, b)
+  shutil.rmtree(os.path.join(b, 'checkpoints', '4'))
+  train.train_and_evaluate(cfg, b)  # Resumes from step 2.
+
+  ra, rb = checkpoint.load_for_analysis(a), checkpoint.load_for_analysis(b)
+  assert ra.step == rb.step == 4
+  for x, y in zip(jax.tree.leaves(ra.params), jax.tree.leaves(rb.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert ra.config.model.to_dict() == json.loads(cfg.model.to_json())
+  assert ra.config.num_train_steps == 4
+  cpu = jax.devices('cpu')[0]
+  assert all(x.devices() == {cpu} for x in jax.tree.leaves(ra.params))
+  assert checkpoint.load_for_analysis(a, step=2).step == 2
+  with open(os.path.join(a, 'metrics.jsonl')) as f:
+    rows = [json.loads(l) for l in f]
+  assert {'train/loss', 'train/accuracy', 'train/perplexity', 'train/bits_per_byte',
+          'train/grad_norm', 'train/param_norm', 'train/learning_rate',
+          'train/tokens_per_sec', 'train/step_time'} <= set(rows[0])
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(a))
+
+
+def _patch_step(monkeypatch, at_call, action):
+  real = train.Trainer.train_step
+  calls = []
+  def step(self, state, batch):
+    calls.append(1)
+    state, metrics = real(self, state, batch)
+    if len(calls) == at_call:
+      metrics = action(metrics)
+    return state, metrics
+  monkeypatch.setattr(train.Trainer, 'train_step', step)
+
+
+def test_sigterm_checkpoints_and_exits_zero(corpus, tmp_path, monkeypatch):
+  cfg = tiny_config(corpus, num_train_steps=6)
+  def sigterm(metrics):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return metrics
+  _patch_step(monkeypatch, 2, sigterm)
+  with pytest.raises(SystemExit) as e:
+    train.train_and_evaluate(cfg, str(tmp_path))
+  assert e.value.code == 0
+  assert checkpoint.load_for_analysis(str(tmp_path)).step == 2
+  assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_nan_loss_stops_naming_the_step(corpus, tmp_path, monkeypatch):
+  cfg = tiny_config(corpus, num_train_steps=4)
+  _patch_step(monkeypatch, 3, lambda m: {**m, 'loss': m['loss'] * np.nan})
+  with pytest.raises(FloatingPointError, match=r'^step 3: loss is nan'):
+    train.train_and_evaluate(cfg, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# The entry point.
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.mesh.data=3', 'error: mesh: '),
+    ('--config.model.num_heads=3', 'error: model.num_heads: '),
+    ('--config.batch_size=7', 'error: batch_size: '),
+    ('--config.data.path=/nonexistent/*.txt', 'error: data.path: '),
+])
+def test_bad_config_exits_2_and_writes_nothing(tmp_path, override, message):
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'posjax.main', '--config=configs/lm.py:runlocal',
+       override, f'--workdir={workdir}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+  assert not workdir.exists()
