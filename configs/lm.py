@@ -40,9 +40,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1_000
   c.keep_checkpoints = 3
 
-  # Data: byte-level text; path=None reads the Python standard library.
-  c.data = ml_collections.ConfigDict({'name': 'local_text', 'path': None})
-  c.data.path = ml_collections.FieldReference(None, field_type=str)
+  # Data: byte-level text; path='' reads the Python standard library.
+  c.data = ml_collections.ConfigDict({'name': 'local_text', 'path': ''})
   c.batch_size = 64
   c.seq_len = 512
   c.eval_batch_size = 64
@@ -96,6 +95,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
     c.model.update(num_layers=2, num_heads=4, model_dim=128, mlp_dim=256,
                    max_len=128, dtype='float32')
+  if arg.posenc == 'learned':  # The table must cover every evaluation length.
+    c.model.max_len = max(c.eval_lengths)
   return c
 
 

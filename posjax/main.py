@@ -23,10 +23,14 @@ def _fail(message: str, code: int):
 def main(argv):
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]}', 2)
-  from posjax import checkpoint, train
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  run_job(_CONFIG.value, _WORKDIR.value)
+
+
+def run_job(config, workdir: str | None):
+  """Validates, trains and reports: everything after flag parsing."""
+  from posjax import checkpoint, train
   if not workdir:
     _fail('--workdir is required', 2)
   try:

@@ -69,12 +69,18 @@ def validate_config(config):
   if config.seq_len > mcfg.max_len:
     raise ValueError(f'seq_len: got {config.seq_len}; allowed: <= model.max_len='
                      f'{mcfg.max_len}')
+  if not 0 <= config.warmup_steps < config.num_train_steps:
+    raise ValueError(f'warmup_steps: got {config.warmup_steps}; allowed: 0 <= warmup_steps '
+                     f'< num_train_steps={config.num_train_steps}')
   if config.schedule not in SCHEDULES:
     raise ValueError(f'schedule: got {config.schedule!r}; allowed: '
                      f'{", ".join(SCHEDULES)}')
   if not config.eval_lengths or any(int(l) <= 0 for l in config.eval_lengths):
     raise ValueError(f'eval_lengths: got {config.eval_lengths!r}; allowed: a '
                      'non-empty list of positive integers')
+  if mcfg.encoding_class.bounded_by_max_len and max(config.eval_lengths) > mcfg.max_len:
+    raise ValueError(f'eval_lengths: got {max(config.eval_lengths)} with posenc='
+                     f'{mcfg.posenc!r}; allowed: <= model.max_len={mcfg.max_len}')
   if config.data.name != 'local_text':
     raise ValueError(f'data.name: got {config.data.name!r}; allowed: local_text')
   text.list_documents(config.data.get('path'))  # Raises 'data.path: ...'.

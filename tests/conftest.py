@@ -11,7 +11,20 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='posj
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def corpus(tmp_path_factory):
+  """A small deterministic text corpus (hermetic and fast to list)."""
+  d = tmp_path_factory.mktemp('corpus')
+  rng = np.random.default_rng(0)
+  words = ['def', 'return', 'self', 'import', 'class', 'x', 'y', '=', '+', '(', ')', ':']
+  for i in range(40):
+    n = int(rng.integers(20, 200))
+    (d / f'doc{i:02d}.txt').write_text(' '.join(rng.choice(words, n)) + '\n')
+  return str(d)
 
 
 def pytest_addoption(parser):

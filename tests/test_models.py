@@ -73,7 +73,7 @@ def test_blockwise_equals_dense(posenc, kind):
   if not _supports(posenc, kind == 'decoder'):
     pytest.skip(f'{posenc} is not defined for {kind}')
   tokens = _tokens(L=10)  # Blocks of 4, 4 and a ragged 2.
-  dense = _cfg(posenc, kind=kind)
+  dense = _cfg(posenc, kind=kind, num_layers=1)
   model, params = _init(dense, tokens)
   block = models.build(dense.replace(attention='blockwise'))
 
@@ -91,7 +91,7 @@ def test_blockwise_equals_dense(posenc, kind):
 @pytest.mark.parametrize('attention', ['dense', 'blockwise'])
 @pytest.mark.parametrize('posenc', NAMES)
 def test_cached_decoding_equals_full_pass(posenc, attention):
-  cfg = _cfg(posenc, attention=attention)
+  cfg = _cfg(posenc, attention=attention, num_layers=1)
   if not cfg.encoding_class.supports_decoding:
     pytest.skip(f'{posenc} does not decode')
   B, L = 2, 10

@@ -26,18 +26,6 @@ def _lm_module():
   return mod
 
 
-@pytest.fixture(scope='module')
-def corpus(tmp_path_factory):
-  """A small deterministic text corpus (hermetic and fast to list)."""
-  d = tmp_path_factory.mktemp('corpus')
-  rng = np.random.default_rng(0)
-  words = ['def', 'return', 'self', 'import', 'class', 'x', 'y', '=', '+', '(', ')', ':']
-  for i in range(40):
-    n = int(rng.integers(20, 200))
-    (d / f'doc{i:02d}.txt').write_text(' '.join(rng.choice(words, n)) + '\n')
-  return str(d)
-
-
 def tiny_config(corpus, **overrides):
   c = _lm_module().get_config('posenc=rope,runlocal')
   c.data.path = corpus

@@ -41,8 +41,11 @@ def decode(ids: Sequence[int]) -> bytes:
 
 
 def list_documents(path: str | None = None) -> list[str]:
-  """Sorted document paths; ValueError('data.path: ...') if nothing matches."""
-  if path is None:
+  """Sorted document paths; ValueError('data.path: ...') if nothing matches.
+
+  ``path`` None or '' means the running interpreter's standard library.
+  """
+  if not path:
     root = sysconfig.get_paths()['stdlib']
     files = []
     for d, subdirs, fs in os.walk(root):
@@ -56,7 +59,7 @@ def list_documents(path: str | None = None) -> list[str]:
   files = sorted(f for f in files if os.path.isfile(f) and os.path.getsize(f) > 0)
   if not files:
     raise ValueError(f'data.path: no non-empty files match {path!r}; allowed: '
-                     'a directory, a glob, or None (the Python standard library)')
+                     "a directory, a glob, or '' (the Python standard library)")
   return files
 
 

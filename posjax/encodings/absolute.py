@@ -63,6 +63,7 @@ class Learned(_Absolute):
   Positions are clipped to ``max_len - 1`` (an error is impossible for traced
   positions); the config forbids evaluating beyond ``max_len`` with this table.
   """
+  bounded_by_max_len = True
 
   def setup(self):
     self.table_NxD = self.param(

@@ -51,6 +51,9 @@ class Encoding(nn.Module):
   # One instance for the whole model (T5's table, absolute tables) rather than
   # one per attention layer. Only shared encodings are asked for ``embed``.
   shared_across_layers: ClassVar[bool] = False
+  # Positions must stay below ``max_len`` (a learned table): evaluation lengths
+  # above it are a config error.
+  bounded_by_max_len: ClassVar[bool] = False
   # Cached decoding reproduces the full pass (False for encoder-only schemes).
   supports_decoding: ClassVar[bool] = True
 

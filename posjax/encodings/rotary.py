@@ -176,9 +176,10 @@ def _rotate(x_BxLxHxK: Array, cos_BxLxR: Array, sin_BxLxR: Array,
 
 
 @functools.partial(jax.jit, static_argnames='layout')
-def apply_rope(x_BxLxHxK: Array, pos_BxL: Array, inv_freq_R: Array, *,
+def apply_rope(x: Array, positions: Array, inv_freq: Array, *,
                layout: str = 'half', attention_factor: float = 1.0) -> Array:
-  """Rotates the first ``2 * R`` channels of x by ``pos * inv_freq``.
+  """Rotates the first ``2 * len(inv_freq)`` channels of x ``[B, L, H, D]`` by
+  ``positions [B, L] * inv_freq``.
 
   ``layout`` 'half' pairs channel i with i + R (GPT-NeoX, LLaMA), 'interleaved'
   pairs 2i with 2i + 1 (RoFormer). cos and sin are multiplied by
@@ -186,12 +187,10 @@ def apply_rope(x_BxLxHxK: Array, pos_BxL: Array, inv_freq_R: Array, *,
   """
   if layout not in LAYOUTS:
     raise ValueError(f'layout: got {layout!r}; allowed: {", ".join(LAYOUTS)}')
-  if 2 * len(inv_freq_R) > x_BxLxHxK.shape[-1]:
-    raise ValueError(f'rotary dim {2 * len(inv_freq_R)} exceeds head dim '
-                     f'{x_BxLxHxK.shape[-1]}')
-  cos_BxLxR, sin_BxLxR = _cos_sin(pos_BxL, inv_freq_R)
-  return _rotate(x_BxLxHxK, attention_factor * cos_BxLxR,
-                 attention_factor * sin_BxLxR, layout)
+  if 2 * len(inv_freq) > x.shape[-1]:
+    raise ValueError(f'rotary dim {2 * len(inv_freq)} exceeds head dim {x.shape[-1]}')
+  cos_BxLxR, sin_BxLxR = _cos_sin(positions, inv_freq)
+  return _rotate(x, attention_factor * cos_BxLxR, attention_factor * sin_BxLxR, layout)
 
 
 @functools.partial(jax.jit, static_argnames=('layout', 'downscale'))
@@ -272,7 +271,7 @@ class RoPE(Encoding):
   def qk(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS):
     inv_freq_R, factor = rope_inv_freq(
         self.rotary_dim, base=self.base, scaling=self._scaling(k_BxSxHxK.shape[1]))
-    rope = functools.partial(apply_rope, inv_freq_R=inv_freq_R,
+    rope = functools.partial(apply_rope, inv_freq=inv_freq_R,
                              layout=self.layout, attention_factor=factor)
     return rope(q_BxLxHxK, qpos_BxL), rope(k_BxSxHxK, kpos_BxS)
 
@@ -341,7 +340,7 @@ class RoPE2D(Encoding):
 
   def _rotate(self, x_BxLxHxK, pos_BxL):
     inv_freq_R, _ = rope_inv_freq(self.head_dim // 2, base=self.base)
-    rope = functools.partial(apply_rope, inv_freq_R=inv_freq_R, layout=self.layout)
+    rope = functools.partial(apply_rope, inv_freq=inv_freq_R, layout=self.layout)
     half = self.head_dim // 2
     pos_BxL = pos_BxL.astype(jnp.int32)
     return jnp.concatenate([
