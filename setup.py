@@ -15,6 +15,7 @@ setup(
         'orbax-checkpoint>=0.12.8',
         'tensorflow-datasets>=4.9.10',  # TF-free: array_record + tfds.data_source.
         'array-record>=0.8.6',
+        'importlib_resources',  # tfds builders need it (an etils[epath] extra).
         'grain>=0.2.18',
         'ml-collections>=1.1.0',
         'absl-py>=2.1',

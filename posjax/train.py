@@ -283,7 +283,9 @@ class MetricWriter:
 def _progress(step: int, total: int, metrics: dict[str, float]):
   if jax.process_index() != 0:
     return
-  line = (f'\rstep {step}/{total}  loss {metrics["train/loss"]:.4f}  '
+  done = int(30 * step / total)
+  line = (f'\r[{"#" * done}{"." * (30 - done)}] step {step}/{total}  '
+          f'loss {metrics["train/loss"]:.4f}  '
           f'acc {metrics["train/accuracy"]:.3f}  '
           f'{metrics["train/tokens_per_sec"]:.0f} tok/s  '
           f'{metrics["train/step_time"] * 1e3:.0f} ms/step')
