@@ -10,7 +10,6 @@ import collections
 import json
 import os
 import signal
-from typing import Any
 
 import grain
 import jax

@@ -1,4 +1,4 @@
-"""Language-model training: ``train_and_evaluate(config, workdir)``.
+"""Training: ``train_and_evaluate(config, workdir)`` for every task of ``posjax.tasks``.
 
 One jitted train step with explicit in/out shardings (the state is donated),
 derived from the parameters' logical axis names and ``config.logical_axis_rules``.
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 import time
 from typing import Any
 
 from absl import logging
+import ml_collections
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,8 @@ import optax
 
 from posjax import checkpoint
 from posjax import sharding
-from posjax.data import text
+from posjax import tasks
+from posjax.data import inputs
 
 SCHEDULES = ('cosine', 'rsqrt')
 
@@ -42,16 +43,72 @@ def maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize()
 
 
+def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """big_vision-style config argument: ``'posenc=alibi,size=small,runlocal'``."""
+  out = dict(defaults)
+  for part in filter(None, (arg or '').split(',')):
+    key, _, value = part.partition('=')
+    out[key.strip()] = value.strip() if value else True
+  return ml_collections.ConfigDict(out)
+
+
+def base_config(posenc: str = 'rope'):
+  """The fields every experiment config shares, with defaults (see configs/)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.multihost = False
+  c.task = 'lm'
+  # Steps.
+  c.num_train_steps = 20_000
+  c.log_every_steps = 50
+  c.eval_every_steps = 1_000
+  c.checkpoint_every_steps = 1_000
+  c.keep_checkpoints = 3
+  # Batches.
+  c.batch_size = 64
+  c.seq_len = 512
+  c.eval_batch_size = 64
+  c.num_eval_batches = 4
+  c.eval_lengths = [512]
+  # Optimizer.
+  c.learning_rate = 1e-3
+  c.warmup_steps = 1_000
+  c.schedule = 'cosine'  # cosine | rsqrt
+  c.grad_clip = 1.0  # Global norm; 0 = no clipping.
+  c.grad_accum_steps = 1
+  c.weight_decay = 0.1
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.98
+  # Parallelism: mesh axis sizes (-1 fills the remaining devices) and the map
+  # from logical axis names to mesh axes; unnamed logical axes are replicated.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+  c.logical_axis_rules = [
+      ('batch', ('data', 'fsdp')),
+      ('embed', 'fsdp'),
+      ('mlp', 'tensor'),
+      ('heads', 'tensor'),
+      ('vocab', 'tensor'),
+      ('kv', None),
+      ('length', None),
+  ]
+  # Model: exactly the fields of posjax.models.ModelConfig.
+  c.model = ml_collections.ConfigDict(dict(
+      kind='decoder', vocab_size=260, num_layers=6, num_heads=8, model_dim=512,
+      mlp_dim=2048, max_len=512, dropout_rate=0.0, dtype='bfloat16', norm='rmsnorm',
+      tied_embedding=True, posenc=posenc, posenc_args=ml_collections.ConfigDict(),
+      attention='dense', block_size=128, randomized_positions=False,
+      max_random_position=4096, num_classes=2, pooling='mean', pad_id=0))
+  return c
+
+
 def validate_config(config):
   """Checks everything checkable without side effects; returns the ModelConfig."""
   from posjax import models
   mcfg = models.ModelConfig.from_config(config.model)
-  if mcfg.kind != 'decoder':
-    raise ValueError(f'model.kind: got {mcfg.kind!r}; allowed: decoder (this trainer '
-                     'trains language models)')
-  if mcfg.vocab_size < text.VOCAB_SIZE:
-    raise ValueError(f'model.vocab_size: got {mcfg.vocab_size}; allowed: >= '
-                     f'{text.VOCAB_SIZE} (the byte tokenizer)')
+  task = tasks.get(config.get('task', 'lm'))
+  if mcfg.kind != task.model_kind:
+    raise ValueError(f'model.kind: got {mcfg.kind!r}; allowed: {task.model_kind} '
+                     f'(for task={task.name!r})')
   n = jax.device_count()
   parallel = sharding.batch_parallelism(config.mesh, n)  # Validates the mesh.
   sharding.normalize_rules(config.logical_axis_rules)
@@ -75,15 +132,15 @@ def validate_config(config):
   if config.schedule not in SCHEDULES:
     raise ValueError(f'schedule: got {config.schedule!r}; allowed: '
                      f'{", ".join(SCHEDULES)}')
-  if not config.eval_lengths or any(int(l) <= 0 for l in config.eval_lengths):
+  if config.get('task', 'lm') == 'lm' and (
+      not config.eval_lengths or any(int(l) <= 0 for l in config.eval_lengths)):
     raise ValueError(f'eval_lengths: got {config.eval_lengths!r}; allowed: a '
                      'non-empty list of positive integers')
-  if mcfg.encoding_class.bounded_by_max_len and max(config.eval_lengths) > mcfg.max_len:
+  if (config.get('task', 'lm') == 'lm' and mcfg.encoding_class.bounded_by_max_len
+      and max(config.eval_lengths) > mcfg.max_len):
     raise ValueError(f'eval_lengths: got {max(config.eval_lengths)} with posenc='
                      f'{mcfg.posenc!r}; allowed: <= model.max_len={mcfg.max_len}')
-  if config.data.name != 'local_text':
-    raise ValueError(f'data.name: got {config.data.name!r}; allowed: local_text')
-  text.list_documents(config.data.get('path'))  # Raises 'data.path: ...'.
+  inputs.check(config, mcfg)  # Raises 'data.*' errors; a missing dataset says how to build it.
   return mcfg
 
 
@@ -105,7 +162,7 @@ def make_schedule(config) -> optax.Schedule:
 
 def make_optimizer(config) -> optax.GradientTransformation:
   tx = optax.chain(
-      optax.clip_by_global_norm(config.grad_clip),
+      optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity(),
       optax.adamw(make_schedule(config), b1=config.get('adam_b1', 0.9),
                   b2=config.get('adam_b2', 0.98),
                   weight_decay=config.get('weight_decay', 0.0),
@@ -115,53 +172,30 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return tx
 
 
-def _dummy_batch(batch_size: int, length: int) -> dict[str, jax.Array]:
-  z = jnp.zeros((batch_size, length), jnp.int32)
-  return {'inputs': z, 'targets': z, 'segment_ids': jnp.ones_like(z),
-          'positions': jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), z.shape)}
-
-
-def _boxed_init(model, tx, config, rng):
+def _boxed_init(model, tx, task, config, rng):
   """The boxed (logically annotated) train state."""
-  b = _dummy_batch(1, config.seq_len)
-  variables = model.init({'params': rng}, b['inputs'], positions=b['positions'],
-                         segment_ids=b['segment_ids'], train=False)
-  params = variables['params']
+  args, kwargs = task.model_inputs(task.dummy_batch(config.seq_len))
+  params = model.init({'params': rng}, *args, **kwargs, train=False)['params']
   return {'params': params, 'opt_state': tx.init(params),
           'step': jnp.zeros((), jnp.int32),
           'rng': jax.random.key_data(jax.random.key(config.seed + 1))}
 
 
-def cross_entropy(logits_BxLxV, targets_BxL, weights_BxL):
-  """Sums of token losses, correct predictions and weights."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
-  correct = jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL
-  return ((losses * weights_BxL).sum(), (correct * weights_BxL).sum(),
-          weights_BxL.sum())
-
-
-def _weights(batch):
-  return ((batch['segment_ids'] > 0) & (batch['targets'] != text.PAD)).astype(jnp.float32)
-
-
-def train_step(state, batch, *, model, tx, schedule, grad_accum_steps):
+def train_step(state, batch, *, model, task, tx, schedule, grad_accum_steps):
   rng = jax.random.wrap_key_data(state['rng'])
   k_dropout, k_positions = jax.random.split(jax.random.fold_in(rng, state['step']))
-  weights = _weights(batch)
+  args, kwargs = task.model_inputs(batch)
 
   def loss_fn(params):
-    logits = model.apply({'params': params}, batch['inputs'],
-                         positions=batch['positions'], segment_ids=batch['segment_ids'],
-                         train=True, rngs={'dropout': k_dropout, 'positions': k_positions})
-    loss_sum, correct, count = cross_entropy(logits, batch['targets'], weights)
-    count = jnp.maximum(count, 1.0)
-    return loss_sum / count, (correct / count, count)
+    logits = model.apply({'params': params}, *args, **kwargs, train=True,
+                         rngs={'dropout': k_dropout, 'positions': k_positions})
+    sums = task.sums(logits, batch)
+    return sums['loss_sum'] / jnp.maximum(sums['count'], 1.0), sums
 
-  (loss, (accuracy, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state['params'])
+  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
-  metrics = {'loss': loss, 'accuracy': accuracy, 'tokens': count,
+  metrics = {'loss': loss, **sums,
              'grad_norm': optax.tree.norm(grads),
              'param_norm': optax.tree.norm(params),
              'learning_rate': schedule(state['step'] // grad_accum_steps)}
@@ -170,11 +204,9 @@ def train_step(state, batch, *, model, tx, schedule, grad_accum_steps):
   return new_state, metrics
 
 
-def eval_step(params, batch, *, model):
-  logits = model.apply({'params': params}, batch['inputs'], positions=batch['positions'],
-                       segment_ids=batch['segment_ids'], train=False)
-  loss_sum, correct, count = cross_entropy(logits, batch['targets'], _weights(batch))
-  return {'loss_sum': loss_sum, 'correct': correct, 'count': count}
+def eval_step(params, batch, *, model, task):
+  args, kwargs = task.model_inputs(batch)
+  return task.sums(model.apply({'params': params}, *args, **kwargs, train=False), batch)
 
 
 class Trainer:
@@ -185,10 +217,11 @@ class Trainer:
     self.config = config
     self.mcfg = mcfg or models.ModelConfig.from_config(config.model)
     self.model = models.build(self.mcfg)
+    self.task = tasks.get(config.get('task', 'lm'))
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.tx = make_optimizer(config)
     self.schedule = make_schedule(config)
-    init = functools.partial(_boxed_init, self.model, self.tx, config)
+    init = functools.partial(_boxed_init, self.model, self.tx, self.task, config)
     self.rng = jax.random.key(config.seed)
     with self._context(rules=False):
       boxed = jax.eval_shape(init, self.rng)
@@ -198,18 +231,17 @@ class Trainer:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         nn.unbox(boxed), self.state_shardings)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
-    batch_shardings = {k: self.batch_sharding for k in
-                       ('inputs', 'targets', 'segment_ids', 'positions')}
+    batch_shardings = self.batch_sharding  # A prefix: every batch array, split on rows.
     replicated = sharding.replicated(self.mesh)
     self._init = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=self.state_shardings)
     self._train_step = jax.jit(
-        functools.partial(train_step, model=self.model, tx=self.tx,
+        functools.partial(train_step, model=self.model, task=self.task, tx=self.tx,
                           schedule=self.schedule,
                           grad_accum_steps=config.grad_accum_steps),
         in_shardings=(self.state_shardings, batch_shardings),
         out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
     self._eval_step = jax.jit(
-        functools.partial(eval_step, model=self.model),
+        functools.partial(eval_step, model=self.model, task=self.task),
         in_shardings=(self.state_shardings['params'], batch_shardings),
         out_shardings=replicated)
 
@@ -237,19 +269,15 @@ class Trainer:
       return self._train_step(state, self.global_batch(batch))
 
   def evaluate(self, params, eval_sets) -> dict[str, float]:
-    """Loss / accuracy at every eval length, in one pass."""
-    sums = {}
+    """Metrics of every eval set (one per length, or per split), in one pass."""
+    results = {}
     with self._context():
-      for length, batches in eval_sets.items():
-        sums[length] = [self._eval_step(params, self.global_batch(b)) for b in batches]
+      for name, batches in eval_sets.items():
+        results[name] = [self._eval_step(params, self.global_batch(b)) for b in batches]
     out = {}
-    for length, results in sums.items():
-      results = jax.device_get(results)
-      count = max(sum(float(r['count']) for r in results), 1.0)
-      loss = sum(float(r['loss_sum']) for r in results) / count
-      out[f'eval/loss@{length}'] = loss
-      out[f'eval/accuracy@{length}'] = sum(float(r['correct']) for r in results) / count
-      out[f'eval/bits_per_byte@{length}'] = loss / math.log(2)
+    for name, rs in jax.device_get(results).items():
+      sums = {k: sum(float(r[k]) for r in rs) for k in rs[0]}
+      out.update({f'eval/{k}': v for k, v in self.task.summarize(sums, f'@{name}').items()})
     return out
 
 
@@ -306,8 +334,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   checkpoint.save_config(workdir, config)
 
   pidx, pcount = jax.process_index(), jax.process_count()
-  data_iter = text.train_iterator(config, pidx, pcount)
-  eval_sets = text.eval_sets(config, pidx, pcount)
+  data_iter = inputs.train_iterator(config, pidx, pcount)
+  eval_sets = inputs.eval_sets(config, pidx, pcount)
   mngr = checkpoint.manager(workdir, config)
   state, start = checkpoint.restore(mngr, trainer.abstract_state, data_iter)
   if state is None:
@@ -331,16 +359,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     if step % config.log_every_steps == 0 or step == total:
       now = time.perf_counter()
       elapsed, n = now - last_log, len(window)
-      loss = float(np.mean([w['loss'] for w in window]))
-      out = {'train/loss': loss,
-             'train/accuracy': float(np.mean([w['accuracy'] for w in window])),
-             'train/perplexity': float(np.exp(loss)),
-             'train/bits_per_byte': loss / math.log(2),
-             'train/grad_norm': float(window[-1]['grad_norm']),
-             'train/param_norm': float(window[-1]['param_norm']),
-             'train/learning_rate': float(window[-1]['learning_rate']),
-             'train/tokens_per_sec': float(sum(w['tokens'] for w in window)) / elapsed,
-             'train/step_time': elapsed / n}
+      sums = {k: sum(float(w[k]) for w in window) for k in ('loss_sum', 'correct', 'count')}
+      out = {f'train/{k}': v for k, v in trainer.task.summarize(sums).items()}
+      out.update({
+          'train/grad_norm': float(window[-1]['grad_norm']),
+          'train/param_norm': float(window[-1]['param_norm']),
+          'train/learning_rate': float(window[-1]['learning_rate']),
+          'train/tokens_per_sec': float(sum(w['tokens'] for w in window)) / elapsed,
+          'train/step_time': elapsed / n})
       writer.write(step, out)
       _progress(step, total, out)
       final.update(out)

@@ -90,7 +90,7 @@ def test_sharded_steps_match_single_device(corpus, reference, shape):
 
   # Parameter shardings follow the rules.
   boxed = jax.eval_shape(
-      lambda r: train._boxed_init(many.model, many.tx, cfg, r), many.rng)['params']
+      lambda r: train._boxed_init(many.model, many.tx, many.task, cfg, r), many.rng)['params']
   leaves = jax.tree.leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   specs = jax.tree.leaves(many.state_shardings['params'])
   assert len(specs) == len(leaves)

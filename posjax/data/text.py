@@ -18,7 +18,7 @@ import glob
 import os
 import sysconfig
 import zlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import grain
 import numpy as np

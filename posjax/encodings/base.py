@@ -54,6 +54,8 @@ class Encoding(nn.Module):
   # Positions must stay below ``max_len`` (a learned table): evaluation lengths
   # above it are a config error.
   bounded_by_max_len: ClassVar[bool] = False
+  # Defined for decoders only (xPos).
+  causal_only: ClassVar[bool] = False
   # Cached decoding reproduces the full pass (False for encoder-only schemes).
   supports_decoding: ClassVar[bool] = True
 

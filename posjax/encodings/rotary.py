@@ -289,6 +289,7 @@ class XPos(Encoding):
   ``center`` near the middle of the positions used (torchscale centres on the
   sequence). Causal only: for m < n the factor grows without bound.
   """
+  causal_only = True
   base: float = 10000.0
   layout: str = 'half'
   scale_base: float = 512.0

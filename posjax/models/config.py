@@ -43,7 +43,6 @@ class ModelConfig:
   pad_id: int = 0
 
   def __post_init__(self):
-    from posjax import encodings  # Late import: encodings register on import.
     _check(self.kind in KINDS, 'kind', ', '.join(KINDS), self.kind)
     _check(self.attention in ATTENTIONS, 'attention', ', '.join(ATTENTIONS), self.attention)
     _check(self.norm in NORMS, 'norm', ', '.join(NORMS), self.norm)

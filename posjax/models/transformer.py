@@ -8,7 +8,6 @@ absolute tables) are one model-level instance; the others get one per layer.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from posjax.encodings.base import Encoding

@@ -1,0 +1,47 @@
+"""Length generalisation (Delétang et al. 2023; Ruoss et al. 2023) with any encoding.
+
+  python -m posjax.data.build reverse_string --data_dir=$DATA --size=full
+  python -m posjax.main --config=configs/synthetic.py:task=reverse_string,posenc=rope \
+      --config.data.data_dir=$DATA --workdir=/tmp/rev_rope
+
+A decoder reads ``inputs SEP targets`` and is trained on the answer tokens only;
+it trains on lengths 1..N and is evaluated at every test length N+1..10N
+(``eval/sequence_accuracy@<n>``: all answer tokens right). Model and optimiser
+defaults are posjax's choice (5 layers, 256 dims, 8 heads), not a paper's.
+Arguments: task=<name>, posenc=<name>, size=tiny|small|full, randomized (Ruoss et
+al.'s randomized positions with max_random_position=2048), runlocal.
+"""
+from posjax import encodings, train
+from posjax.data import synthetic
+
+
+def get_config(arg: str = ''):
+  arg = train.parse_arg(arg, task='reverse_string', posenc='rope', size='full',
+                        randomized=False, runlocal=False)
+  if arg.task not in synthetic.TASKS:
+    raise ValueError(f'task: got {arg.task!r}; allowed: {", ".join(synthetic.TASKS)}')
+  c = train.base_config(arg.posenc)
+  c.task = 'sequence'
+  c.data = dict(name=arg.task, size=arg.size, data_dir='')
+  c.num_train_steps, c.warmup_steps = 100_000, 1_000
+  c.eval_every_steps = c.checkpoint_every_steps = 10_000
+  c.batch_size, c.eval_batch_size, c.num_eval_batches = 128, 32, 4
+  c.seq_len = 512  # Packed training rows.
+  c.learning_rate = 1e-4
+  c.model.update(vocab_size=synthetic.VOCAB_SIZE, num_layers=5, num_heads=8,
+                 model_dim=256, mlp_dim=1024, max_len=c.seq_len, dtype='float32',
+                 randomized_positions=bool(arg.randomized), max_random_position=2048)
+  if arg.runlocal:
+    c.data.size = 'tiny'
+    c.num_train_steps, c.warmup_steps, c.log_every_steps = 60, 10, 10
+    c.eval_every_steps = c.checkpoint_every_steps = 30
+    c.batch_size, c.eval_batch_size, c.num_eval_batches = 16, 8, 1
+    c.seq_len = c.model.max_len = 128
+    c.learning_rate = 1e-3
+    c.model.update(num_layers=2, num_heads=4, model_dim=64, mlp_dim=128,
+                   max_random_position=256)
+  return c
+
+
+def sweep():
+  return [{'model.posenc': name} for name in encodings.names()]

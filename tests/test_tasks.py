@@ -1,0 +1,68 @@
+"""Classification and synthetic-sequence experiments train through the entry point's job."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+from posjax import main
+from posjax.data import builders
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config(name, arg):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp('tfds'))
+  for name in ('listops', 'reverse_string'):
+    builders.build(name, data_dir=d, size='tiny')
+  return d
+
+
+def _shrink(c):
+  c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 4
+  c.warmup_steps, c.log_every_steps = 1, 2
+  c.model.update(num_layers=1, model_dim=32, mlp_dim=64, num_heads=2)
+  return c
+
+
+def _run(c, workdir, capsys):
+  main.run_job(c, str(workdir))
+  out = capsys.readouterr().out
+  rows = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
+  return out, {k: v for r in rows for k, v in r.items()}
+
+
+def test_listops_classification_trains(data_dir, tmp_path, capsys):
+  c = _shrink(config('lra_listops', 'posenc=alibi,runlocal'))
+  c.data.data_dir = data_dir
+  out, metrics = _run(c, tmp_path / 'run', capsys)
+  assert 'eval/accuracy@validation' in out
+  assert 0 <= metrics['eval/accuracy@validation'] <= 1 and metrics['train/loss'] < 10
+
+
+def test_synthetic_sequence_trains_and_reports_per_length(data_dir, tmp_path, capsys):
+  c = _shrink(config('synthetic', 'task=reverse_string,posenc=rope,randomized,runlocal'))
+  c.data.data_dir = data_dir
+  out, metrics = _run(c, tmp_path / 'run', capsys)
+  n = builders.SYNTHETIC_SIZES['tiny'][0]
+  assert f'eval/sequence_accuracy@{10 * n}' in out  # The longest test length.
+  assert all(0 <= v <= 1 for k, v in metrics.items() if k.startswith('eval/sequence_accuracy'))
+
+
+def test_missing_dataset_says_how_to_build_it(tmp_path, capsys):
+  c = config('lra_listops', 'runlocal')
+  c.data.data_dir = str(tmp_path / 'empty')
+  with pytest.raises(SystemExit) as e:
+    main.run_job(c, str(tmp_path / 'run'))
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]  # After any tfds progress bars.
+  assert err.startswith('error: data.data_dir:') and 'python -m posjax.data.build listops' in err
+  assert not (tmp_path / 'run').exists()
