@@ -112,7 +112,7 @@ def test_cached_decoding_equals_full_pass(posenc, attention):
 
 @pytest.mark.parametrize('posenc', NAMES)
 def test_packed_equals_separate(posenc):
-  cfg = _cfg(posenc)
+  cfg = _cfg(posenc, num_layers=1)
   docs = _tokens(2, 6, seed=5)
   model, params = _init(cfg, docs)
   apply = jax.jit(model.apply)

@@ -15,6 +15,7 @@ is recorded in the dataset description.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -63,7 +64,8 @@ def _listops_splits(size: str, seed: int):
   lengths = listops.LENGTHS[size]
   def gen(split, n, offset):
     examples = listops.generate(n, seed=seed * 1000 + offset, min_length=lengths[0],
-                                max_length=lengths[1])
+                                max_length=lengths[1],
+                                workers=min(8, os.cpu_count() or 1) if n >= 10_000 else 1)
     for i, ex in enumerate(examples):
       yield i, {'inputs': ex['inputs'], 'targets': int(ex['targets'])}
   return {s: gen(s, n, k) for k, (s, n) in enumerate(zip(('train', 'validation', 'test'), counts))}

@@ -160,7 +160,8 @@ def generate(num_examples: int, *, seed: int, min_length: int = 500,
   n_chunks = min(num_examples, workers * 4)
   bounds = np.linspace(lo, hi, n_chunks + 1).astype(int)
   tasks = [(seed, int(a), int(b), kw) for a, b in zip(bounds[:-1], bounds[1:])]
-  with multiprocessing.Pool(workers) as pool:
+  # spawn, not fork: forking a process that has started JAX's threads can deadlock.
+  with multiprocessing.get_context('spawn').Pool(workers) as pool:
     parts = pool.map(_generate_range, tasks)
   return [ex for part in parts for ex in part]
 
