@@ -73,6 +73,35 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+# Fields a resumed run must share with the run that wrote the checkpoints: they
+# decide the shapes and meaning of the saved state. Steps, rates and logging may change.
+RESUME_FIELDS = ('task', 'model', 'data', 'seq_len', 'batch_size', 'grad_accum_steps', 'seed')
+
+
+def _flat(d, prefix=''):
+  if isinstance(d, dict):
+    return {k: v for key, val in d.items() for k, v in _flat(val, f'{prefix}{key}.').items()}
+  return {prefix[:-1]: d}
+
+
+def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the differing fields when ``workdir`` holds
+  checkpoints of an incompatible experiment (before anything is written)."""
+  path, ckpts = os.path.join(workdir, CONFIG_FILE), checkpoint_dir(workdir)
+  if not (os.path.exists(path) and os.path.isdir(ckpts) and os.listdir(ckpts)):
+    return
+  with open(path) as f:
+    saved = _flat({k: v for k, v in json.load(f).items() if k in RESUME_FIELDS})
+  now = _flat({k: v for k, v in json.loads(config.to_json_best_effort()).items()
+               if k in RESUME_FIELDS})
+  diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+  if diff:
+    shown = ', '.join(f'{k} ({saved.get(k)!r} -> {now.get(k)!r})' for k in diff[:6])
+    raise ValueError(f'workdir: {workdir} holds checkpoints of a different experiment; '
+                     f'differing fields: {shown}{" ..." if len(diff) > 6 else ""}; '
+                     'allowed: the same config, or a new workdir')
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
     return ml_collections.ConfigDict(json.load(f))
@@ -80,18 +109,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load_for_analysis(workdir: str, step: int | None = None) -> Analysis:
   """(config, params, step) restored on the CPU, without the optimizer."""
-  from posjax import models  # Late import: keeps this module light.
-  import jax.numpy as jnp
+  from posjax import models, tasks  # Late import: keeps this module light.
   import flax.linen as nn
   config = load_config(workdir)
-  mcfg = models.ModelConfig.from_config(config.model)
-  model = models.build(mcfg)
-  tokens = jnp.zeros((1, min(8, config.seq_len)), jnp.int32)
+  model = models.build(models.ModelConfig.from_config(config.model))
+  task = tasks.get(config.get('task', 'lm'))
+  args, kwargs = task.model_inputs(task.dummy_batch(min(8, config.seq_len)))
   cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
   shapes = jax.eval_shape(lambda k: nn.unbox(model.init(
-      {'params': k}, tokens, positions=jnp.zeros_like(tokens),
-      segment_ids=jnp.ones_like(tokens), train=False)['params']),
-      jax.random.key(0))
+      {'params': k}, *args, **kwargs, train=False)['params']), jax.random.key(0))
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), shapes)
   mngr = ocp.CheckpointManager(

@@ -36,6 +36,7 @@ def run_job(config, workdir: str | None):
   try:
     train.maybe_initialize_distributed(config)
     train.validate_config(config)
+    checkpoint.check_resumable(workdir, config)
   except (ValueError, KeyError, AttributeError, TypeError) as e:
     _fail(str(e).strip('"\''), 2)
   try:

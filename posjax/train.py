@@ -328,6 +328,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains ``config``'s language model, writing everything under ``workdir``."""
   maybe_initialize_distributed(config)
   mcfg = validate_config(config)
+  checkpoint.check_resumable(workdir, config)
   trainer = Trainer(config, mcfg)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)

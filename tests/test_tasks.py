@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from posjax import main
+from posjax import checkpoint, main
 from posjax.data import builders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +46,8 @@ def test_listops_classification_trains(data_dir, tmp_path, capsys):
   out, metrics = _run(c, tmp_path / 'run', capsys)
   assert 'eval/accuracy@validation' in out
   assert 0 <= metrics['eval/accuracy@validation'] <= 1 and metrics['train/loss'] < 10
+  restored = checkpoint.load_for_analysis(str(tmp_path / 'run'))
+  assert restored.step == 4 and 'head' in restored.params and restored.config.task == 'classification'
 
 
 def test_synthetic_sequence_trains_and_reports_per_length(data_dir, tmp_path, capsys):

@@ -166,6 +166,14 @@ def test_resume_is_bit_identical_and_loads_for_analysis(corpus, tmp_path):
           'train/tokens_per_sec', 'train/step_time'} <= set(rows[0])
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(a))
 
+  # The same workdir with an incompatible experiment: refused, nothing written.
+  other = tiny_config(corpus, num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
+  other.model.posenc, other.model.num_layers = 'alibi', 3
+  before = sorted(os.listdir(a)), os.path.getmtime(os.path.join(a, 'config.json'))
+  with pytest.raises(ValueError, match=r"workdir: .*model.num_layers \(1 -> 3\), model.posenc \('rope' -> 'alibi'\)"):
+    train.train_and_evaluate(other, a)
+  assert (sorted(os.listdir(a)), os.path.getmtime(os.path.join(a, 'config.json'))) == before
+
 
 def _patch_step(monkeypatch, at_call, action):
   real = train.Trainer.train_step
