@@ -21,6 +21,7 @@ setup(
         'absl-py>=2.1',
         'numpy>=2.0',
         'tensorboardX>=2.6',  # TensorBoard event files without TensorFlow.
+        'sentencepiece>=0.2',  # Optional LM tokenizer (data.tokenizer=<model>).
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5'],

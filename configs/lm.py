@@ -1,8 +1,16 @@
-"""Byte-level language modelling on local text, any positional encoding.
+"""Language modelling with any positional encoding (byte level by default).
 
 Usage:
   python -m posjax.main --config=configs/lm.py:posenc=alibi,size=small,runlocal \
       --workdir=/tmp/lm
+  # Any TFDS text dataset prepared as array_record (lm1b, pg19, wiki40b/en, c4/en):
+  python -m posjax.main --config=configs/lm.py:posenc=alibi --config.data.name=pg19 \
+      --config.data.data_dir=$TFDS --workdir=/tmp/lm_pg19
+  # Your own text files, SentencePiece tokens:
+  python -m posjax.data.train_tokenizer --path='~/corpus/*.txt' --vocab_size=8000 \
+      --output=/tmp/spm
+  python -m posjax.main --config=configs/lm.py --config.data.path='~/corpus/*.txt' \
+      --config.data.tokenizer=/tmp/spm.model --config.model.vocab_size=8004 --workdir=/tmp/lm_spm
 Arguments (comma-separated, ``key=value`` or a bare flag):
   posenc=<name>   a registered encoding (``posjax.encodings.names()``)
   size=tiny|small|base
@@ -25,8 +33,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     raise ValueError(f'size: got {arg.size!r}; allowed: {", ".join(SIZES)}')
   c = train.base_config(arg.posenc)
   c.task = 'lm'
-  # Data: byte-level text; path='' reads the Python standard library.
-  c.data = ml_collections.ConfigDict({'name': 'local_text', 'path': ''})
+  # Data (posjax.data.inputs): local_text over ``path`` ('' = the Python standard
+  # library, built into a cache on first use) or a TFDS name in ``data_dir``;
+  # text_key '' = the dataset's text feature (book_text for pg19, else text);
+  # eval_split '' = validation, or test when there is none.
+  c.data = ml_collections.ConfigDict(dict(
+      name='local_text', path='', data_dir='', size='full', text_key='', eval_split='',
+      tokenizer='bytes', shuffle_window=1024))
   c.seq_len = 512
   c.eval_lengths = [512, 1024, 2048]  # Longer than training: extrapolation.
   layers, heads, dim, mlp = SIZES[arg.size]

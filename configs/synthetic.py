@@ -32,12 +32,8 @@ def get_config(arg: str = ''):
                  model_dim=256, mlp_dim=1024, max_len=c.seq_len, dtype='float32',
                  randomized_positions=bool(arg.randomized), max_random_position=2048)
   if arg.runlocal:
-    c.data.size = 'tiny'
-    c.num_train_steps, c.warmup_steps, c.log_every_steps = 60, 10, 10
-    c.eval_every_steps = c.checkpoint_every_steps = 30
-    c.batch_size, c.eval_batch_size, c.num_eval_batches = 16, 8, 1
+    train.runlocal(c)
     c.seq_len = c.model.max_len = 128
-    c.learning_rate = 1e-3
     c.model.update(num_layers=2, num_heads=4, model_dim=64, mlp_dim=128,
                    max_random_position=256)
   return c

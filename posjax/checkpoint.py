@@ -3,20 +3,31 @@
 A checkpoint step holds three items: ``params``; ``train`` (optimizer state,
 step and rng); ``data`` (the grain iterator's state, one file per process).
 The experiment config is written once as ``<workdir>/config.json``.
+
+Crash safety: Orbax writes each step into a temporary directory and renames it
+when complete, so a run killed mid-save leaves only a ``*.orbax-checkpoint-tmp-*``
+directory, which the next run's manager removes. A step that exists but does not
+restore (truncated or missing files) is skipped with a one-line warning and the
+previous step is used; the skipped steps are moved to
+``<workdir>/unreadable_checkpoints/`` so the resumed run can save those steps again.
 """
 from __future__ import annotations
 
 import collections
 import json
+import logging as std_logging
 import os
 import signal
+import sys
 
+from absl import logging
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = 'checkpoints'
+UNREADABLE_DIR = 'unreadable_checkpoints'
 CONFIG_FILE = 'config.json'
 
 Analysis = collections.namedtuple('Analysis', ['config', 'params', 'step'])
@@ -29,7 +40,8 @@ def checkpoint_dir(workdir: str) -> str:
 def manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, create=True,
-      enable_async_checkpointing=False)
+      enable_async_checkpointing=False,
+      cleanup_tmp_directories=True)  # Left by a run killed while saving.
   return ocp.CheckpointManager(
       checkpoint_dir(workdir), options=options,
       item_handlers={'params': ocp.StandardCheckpointHandler(),
@@ -47,30 +59,113 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iter) -> None
   mngr.wait_until_finished()
 
 
+class UnreadableCheckpointError(RuntimeError):
+  """Every checkpoint step in the directory failed to restore."""
+
+
+def _one_line(e: BaseException) -> str:
+  text = ' '.join(str(e).split())
+  return f'{type(e).__name__}: {text[:200]}{"..." if len(text) > 200 else ""}'
+
+
+class _DropClosedLoopReports:
+  """``sys.unraisablehook`` that drops 'Event loop is closed' reports and passes
+  every other one to the previous hook."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable):
+    exc = unraisable.exc_value
+    if not (isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'):
+      self.previous(unraisable)
+
+
+def _quiet_abandoned_reads() -> None:
+  """After a failed restore, tensorstore reads still in flight complete into
+  Orbax's closed event loop: each prints a traceback ('Event loop is closed') and
+  their tasks log '... exception was never retrieved'. The warning has said
+  what happened; only those reports are dropped."""
+  if not isinstance(sys.unraisablehook, _DropClosedLoopReports):
+    sys.unraisablehook = _DropClosedLoopReports(sys.unraisablehook)
+    std_logging.getLogger('asyncio').addFilter(lambda r: not r.getMessage().startswith(
+        ('Future exception was never retrieved', 'Task exception was never retrieved')))
+
+
+def _newest_readable(mngr: ocp.CheckpointManager, restore_step):
+  """``(restore_step(s), s, skipped)`` for the newest step that restores.
+
+  Steps that raise are skipped with a one-line warning each; ``(None, None, [])``
+  when there are no steps; UnreadableCheckpointError when none restores.
+  """
+  skipped, last = [], None
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      return restore_step(step), step, skipped
+    except Exception as e:  # Orbax, tensorstore and grain raise many types.
+      _quiet_abandoned_reads()
+      last = _one_line(e)
+      logging.warning('checkpoint step %d in %s is unreadable (%s); trying the '
+                      'previous one', step, mngr.directory, last)
+      skipped.append(step)
+  if skipped:
+    raise UnreadableCheckpointError(
+        f'checkpoints: no step of {sorted(skipped)} in {mngr.directory} restores '
+        f'(last: {last}); allowed: a workdir with a readable checkpoint, or a new workdir')
+  return None, None, []
+
+
+def _set_aside(mngr: ocp.CheckpointManager, steps) -> None:
+  """Moves unreadable steps out of the manager's directory (kept for inspection)."""
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    target = mngr.directory.parent / UNREADABLE_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      dest = target / str(step)
+      n = 1
+      while dest.exists():
+        dest, n = target / f'{step}.{n}', n + 1
+      (mngr.directory / str(step)).rename(dest)
+      logging.warning('moved unreadable checkpoint step %d to %s', step, dest)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('posjax_set_aside_unreadable_checkpoints')
+  mngr.reload()
+
+
 def restore(mngr: ocp.CheckpointManager, abstract_state: dict, data_iter,
             step: int | None = None):
-  """Restores the latest (or ``step``) into ``abstract_state``'s shardings.
+  """Restores the newest readable step (or exactly ``step``) into
+  ``abstract_state``'s shardings.
 
   Returns (state, step) or (None, None) when there is no checkpoint; the data
-  iterator is restored in place.
+  iterator is restored in place. Newer steps that fail to restore are skipped
+  with a warning and moved to ``<workdir>/unreadable_checkpoints``.
   """
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    return None, None
   abstract_train = {k: v for k, v in abstract_state.items() if k != 'params'}
-  out = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_state['params']),
-      train=ocp.args.StandardRestore(abstract_train),
-      data=grain.checkpoint.CheckpointRestore(data_iter)))
-  state = dict(out['train'])
-  state['params'] = out['params']
+
+  def restore_step(s):
+    out = mngr.restore(s, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state['params']),
+        train=ocp.args.StandardRestore(abstract_train),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+    return dict(out['train'], params=out['params'])
+
+  if step is not None:
+    return restore_step(step), step
+  state, step, skipped = _newest_readable(mngr, restore_step)
+  _set_aside(mngr, skipped)
   return state, step
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+  if jax.process_index() == 0:  # Atomic: a kill never leaves half a config.
+    path = os.path.join(workdir, CONFIG_FILE)
+    with open(path + '.tmp', 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(path + '.tmp', path)
 
 
 # Fields a resumed run must share with the run that wrote the checkpoints: they
@@ -113,7 +208,7 @@ def load_for_analysis(workdir: str, step: int | None = None) -> Analysis:
   import flax.linen as nn
   config = load_config(workdir)
   model = models.build(models.ModelConfig.from_config(config.model))
-  task = tasks.get(config.get('task', 'lm'))
+  task = tasks.for_config(config)
   args, kwargs = task.model_inputs(task.dummy_batch(min(8, config.seq_len)))
   cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
   shapes = jax.eval_shape(lambda k: nn.unbox(model.init(
@@ -123,13 +218,16 @@ def load_for_analysis(workdir: str, step: int | None = None) -> Analysis:
   mngr = ocp.CheckpointManager(
       checkpoint_dir(workdir),
       item_handlers={'params': ocp.StandardCheckpointHandler()})
-  step = mngr.latest_step() if step is None else step
+  restore_step = lambda s: mngr.restore(s, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract)))['params']
+  if step is not None:
+    params = restore_step(step)
+  else:
+    params, step, _ = _newest_readable(mngr, restore_step)
+  mngr.close()
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
-  out = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract)))
-  mngr.close()
-  return Analysis(config=config, params=out['params'], step=step)
+  return Analysis(config=config, params=params, step=step)
 
 
 class PreemptionFlag:

@@ -1,8 +1,11 @@
 """Trains a model: ``python -m posjax.main --config=configs/lm.py:runlocal --workdir=DIR``.
 
 Kept thin: all logic lives in ``posjax.train`` (importable from a notebook).
+Every command-line or config mistake ends as one line ``error: <field>: ...;
+allowed: ...`` on stderr with exit code 2, before anything is written.
 """
 import os
+import re
 import sys
 
 from absl import app
@@ -13,26 +16,80 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and logs go.')
+_USAGE = '--config=<file>.py[:<args>], --config.<field>=<value>, --workdir=<dir>'
 
 
 def _fail(message: str, code: int):
-  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.write(f'error: {" ".join(str(message).split())}\n')  # Always one line.
   sys.exit(code)
+
+
+def _field_type(path: str) -> str:
+  """'an int' for the overridden field ``config.a.b``, if the config loaded."""
+  try:
+    value = flags.FLAGS['config'].value
+    for key in path.split('.')[1:]:
+      value = value[key]
+    name = type(value).__name__
+    return f'{"an" if name[0] in "aeiou" else "a"} {name}'
+  except Exception:  # The config itself failed to load.
+    return "a value of the field's type"
+
+
+def flag_error(e: Exception, argv) -> str:
+  """``<flag>: ...; allowed: ...`` (one line) for an absl / config_flags error."""
+  text = str(e)
+  if isinstance(e, flags.UnrecognizedFlagError):
+    return f'--{e.flagname}: unknown flag; allowed: {_USAGE}'
+  if isinstance(e, (AttributeError, KeyError)):  # An override of a missing field.
+    for arg in argv:
+      path = arg[2:].partition('=')[0] if arg.startswith('--config.') else ''
+      if any(re.search(rf'\b{re.escape(k)}\b', text) for k in path.split('.')[1:]):
+        hint = re.search(r'Did you mean "(\w+)"', text)
+        return (f'--{path}: no such config field; allowed: the fields of the config '
+                f'file{f" (did you mean {hint.group(1)!r}?)" if hint else ""}')
+  if m := re.search(r"Type <class '(\w+)'> of field ([\w.]+) is not supported", text):
+    return (f'--{m.group(2)}: a {m.group(1)} field cannot be set on the command '
+            'line; allowed: int, float, bool, str or tuple fields (edit the config file)')
+  if m := re.match(r'flag (--[\w.]+)=(.*?): (.*)', text, re.S):
+    name, value, reason = m.groups()
+    if 'must have a value other than None' in reason:
+      return f'{name}: required; allowed: {_USAGE}'
+    inner = re.findall(r'^\w*(?:Error|Exception): (.+)$', reason, re.M)
+    if inner:  # The config file's own error, e.g. "size: got 'huge'; allowed: ...".
+      return f'{name}: {inner[-1]}'
+    return f'{name}: got {value!r} ({reason.strip()}); allowed: {_field_type(name[2:])}'
+  return f'--config: {type(e).__name__}: {text}; allowed: {_USAGE}'
+
+
+def parse_flags(argv):
+  """absl flag parsing whose every failure is a one-line exit-2 error."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, ImportError,
+          OSError, SyntaxError) as e:
+    _fail(flag_error(e, argv), 2)
 
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}', 2)
+    _fail(f'arguments: unexpected {argv[1:]}; allowed: {_USAGE}', 2)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  run_job(_CONFIG.value, _WORKDIR.value)
+  config = _CONFIG.value
+  try:
+    config.keys()  # A config file that failed to load raises here.
+  except OSError as e:
+    _fail(f'--config: {str(e).strip().splitlines()[-1].strip()}; allowed: a config '
+          'file such as configs/lm.py', 2)
+  run_job(config, _WORKDIR.value)
 
 
 def run_job(config, workdir: str | None):
   """Validates, trains and reports: everything after flag parsing."""
   from posjax import checkpoint, train
   if not workdir:
-    _fail('--workdir is required', 2)
+    _fail(f'--workdir: required; allowed: {_USAGE}', 2)
   try:
     train.maybe_initialize_distributed(config)
     train.validate_config(config)
@@ -41,7 +98,9 @@ def run_job(config, workdir: str | None):
     _fail(str(e).strip('"\''), 2)
   try:
     final = train.train_and_evaluate(config, workdir)
-  except FloatingPointError as e:
+  except train.InputError as e:
+    _fail(str(e), 2)
+  except (FloatingPointError, checkpoint.UnreadableCheckpointError) as e:
     _fail(str(e), 1)
   workdir = os.path.abspath(workdir)
   print(f'checkpoints: {checkpoint.checkpoint_dir(workdir)}')
@@ -54,10 +113,7 @@ def run_job(config, workdir: str | None):
 
 def run():
   flags.mark_flags_as_required(['config'])
-  try:
-    app.run(main)
-  except flags.Error as e:  # pragma: no cover
-    _fail(str(e), 2)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

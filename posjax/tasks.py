@@ -6,10 +6,12 @@ batches and devices), and a summary of those sums. The trainer never branches
 on the kind of data; it asks the task.
 
   lm               next-token prediction over packed text; bits per byte
+                   (bits per token with a SentencePiece tokenizer)
   sequence         next-token prediction where ``weights`` marks the answer
                    tokens (synthetic length generalisation); adds
                    sequence accuracy (every answer token right)
   classification   one label per example (LRA ListOps / Text / Image / Pathfinder)
+  matching         one label per pair of documents (LRA Retrieval)
 """
 from __future__ import annotations
 
@@ -26,9 +28,16 @@ PAD = 0
 class Task:
   name: str
   model_kind: str
+  unit: str = 'byte'  # What an LM token is: bits_per_<unit>.
+
+  @property
+  def per_example(self) -> bool:
+    return self.model_kind in ('encoder_classifier', 'matcher')
 
   def dummy_batch(self, length: int) -> dict:
     z = jnp.zeros((1, length), jnp.int32)
+    if self.model_kind == 'matcher':
+      return {'inputs1': z, 'inputs2': z, 'label': jnp.zeros((1,), jnp.int32)}
     if self.model_kind == 'encoder_classifier':
       return {'inputs': z, 'label': jnp.zeros((1,), jnp.int32)}
     return {'inputs': z, 'targets': z, 'segment_ids': jnp.ones_like(z),
@@ -37,6 +46,8 @@ class Task:
 
   def model_inputs(self, batch) -> tuple[tuple, dict]:
     """(args, kwargs) of ``model.apply`` / ``model.init`` for a batch."""
+    if self.model_kind == 'matcher':
+      return (batch['inputs1'], batch['inputs2']), {}
     if self.model_kind == 'encoder_classifier':
       return (batch['inputs'],), {}
     return (batch['inputs'],), {'positions': batch['positions'],
@@ -44,7 +55,7 @@ class Task:
 
   def sums(self, logits, batch) -> dict:
     """Summed loss, correct predictions and item count (+ sequence accuracy)."""
-    if self.model_kind == 'encoder_classifier':
+    if self.per_example:
       labels = batch['label']
       w = batch.get('weight', jnp.ones(labels.shape, jnp.float32))
     else:
@@ -54,8 +65,9 @@ class Task:
         w = ((batch['segment_ids'] > 0) & (labels != PAD)).astype(jnp.float32)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = (jnp.argmax(logits, -1) == labels) * w
+    inputs = [batch[k] for k in ('inputs', 'inputs1', 'inputs2') if k in batch]
     out = {'loss_sum': (losses * w).sum(), 'correct': correct.sum(), 'count': w.sum(),
-           'tokens': (batch['inputs'] != PAD).sum().astype(jnp.float32)}
+           'tokens': sum((x != PAD).sum() for x in inputs).astype(jnp.float32)}
     if self.name == 'sequence':  # A row (one unpacked example) is right if all answers are.
       answered = w.sum(-1) > 0
       out['seq_correct'] = ((correct.sum(-1) == w.sum(-1)) & answered).sum().astype(jnp.float32)
@@ -68,17 +80,26 @@ class Task:
     out = {f'loss{suffix}': loss, f'accuracy{suffix}': float(sums['correct']) / count}
     if self.name == 'lm':
       out[f'perplexity{suffix}'] = math.exp(min(loss, 50.0))
-      out[f'bits_per_byte{suffix}'] = loss / math.log(2)
+      out[f'bits_per_{self.unit}{suffix}'] = loss / math.log(2)
     if 'seq_count' in sums:
       out[f'sequence_accuracy{suffix}'] = float(sums['seq_correct']) / max(float(sums['seq_count']), 1.0)
     return out
 
 
 TASKS = {'lm': Task('lm', 'decoder'), 'sequence': Task('sequence', 'decoder'),
-         'classification': Task('classification', 'encoder_classifier')}
+         'classification': Task('classification', 'encoder_classifier'),
+         'matching': Task('matching', 'matcher')}
 
 
 def get(name: str) -> Task:
   if name not in TASKS:
     raise ValueError(f'task: got {name!r}; allowed: {", ".join(TASKS)}')
   return TASKS[name]
+
+
+def for_config(config) -> Task:
+  """The task of an experiment config (an LM's unit follows ``data.tokenizer``)."""
+  task = get(config.get('task', 'lm'))
+  if task.name == 'lm' and config.data.get('tokenizer', 'bytes') not in ('', 'bytes'):
+    task = dataclasses.replace(task, unit='token')
+  return task

@@ -101,11 +101,27 @@ def base_config(posenc: str = 'rope'):
   return c
 
 
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks steps, batches and data (``tiny``) to minutes on a laptop CPU."""
+  if 'size' in c.data:
+    c.data.size = 'tiny'
+  c.num_train_steps, c.warmup_steps, c.log_every_steps = 60, 10, 10
+  c.eval_every_steps = c.checkpoint_every_steps = 30
+  c.batch_size, c.eval_batch_size, c.num_eval_batches = 16, 16, 1
+  c.learning_rate = 1e-3
+  c.model.dtype = 'float32'
+  return c
+
+
+class InputError(ValueError):
+  """Bad data found while preparing a run, before anything is written."""
+
+
 def validate_config(config):
   """Checks everything checkable without side effects; returns the ModelConfig."""
   from posjax import models
   mcfg = models.ModelConfig.from_config(config.model)
-  task = tasks.get(config.get('task', 'lm'))
+  task = tasks.for_config(config)
   if mcfg.kind != task.model_kind:
     raise ValueError(f'model.kind: got {mcfg.kind!r}; allowed: {task.model_kind} '
                      f'(for task={task.name!r})')
@@ -126,12 +142,15 @@ def validate_config(config):
   if config.seq_len > mcfg.max_len:
     raise ValueError(f'seq_len: got {config.seq_len}; allowed: <= model.max_len='
                      f'{mcfg.max_len}')
-  if not 0 <= config.warmup_steps < config.num_train_steps:
+  if config.warmup_steps < 0 or (config.schedule == 'cosine'
+                                 and config.warmup_steps >= config.num_train_steps):
     raise ValueError(f'warmup_steps: got {config.warmup_steps}; allowed: 0 <= warmup_steps '
-                     f'< num_train_steps={config.num_train_steps}')
+                     f'(< num_train_steps={config.num_train_steps} for the cosine schedule)')
   if config.schedule not in SCHEDULES:
     raise ValueError(f'schedule: got {config.schedule!r}; allowed: '
                      f'{", ".join(SCHEDULES)}')
+  if not config.learning_rate > 0:
+    raise ValueError(f'learning_rate: got {config.learning_rate!r}; allowed: a number > 0')
   if config.get('task', 'lm') == 'lm' and (
       not config.eval_lengths or any(int(l) <= 0 for l in config.eval_lengths)):
     raise ValueError(f'eval_lengths: got {config.eval_lengths!r}; allowed: a '
@@ -148,12 +167,15 @@ def validate_config(config):
 # Optimizer, state and steps.
 
 def make_schedule(config) -> optax.Schedule:
+  # Schedules count optimizer updates: one per grad_accum_steps batches.
   steps = max(config.num_train_steps // config.grad_accum_steps, 1)
-  warmup = min(config.warmup_steps, steps)
+  warmup = config.warmup_steps // config.grad_accum_steps
   lr = config.learning_rate
   if config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup_steps=warmup, decay_steps=steps, end_value=0.1 * lr)
+        0.0, lr, warmup_steps=min(warmup, steps), decay_steps=steps, end_value=0.1 * lr)
+  # rsqrt: linear warmup to lr, then lr * sqrt(w / step); a warmup longer than
+  # training (LRA Retrieval) just never reaches the peak.
   w = max(warmup, 1)
   return optax.join_schedules(
       [optax.linear_schedule(0.0, lr, w),
@@ -217,7 +239,7 @@ class Trainer:
     self.config = config
     self.mcfg = mcfg or models.ModelConfig.from_config(config.model)
     self.model = models.build(self.mcfg)
-    self.task = tasks.get(config.get('task', 'lm'))
+    self.task = tasks.for_config(config)
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.tx = make_optimizer(config)
     self.schedule = make_schedule(config)
@@ -330,19 +352,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   mcfg = validate_config(config)
   checkpoint.check_resumable(workdir, config)
   trainer = Trainer(config, mcfg)
+  pidx, pcount = jax.process_index(), jax.process_count()
+  try:  # Data problems (e.g. no document as long as an eval length) before any write.
+    data_iter = inputs.train_iterator(config, pidx, pcount)
+    eval_sets = inputs.eval_sets(config, pidx, pcount)
+  except ValueError as e:
+    raise InputError(str(e)) from None
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   checkpoint.save_config(workdir, config)
 
-  pidx, pcount = jax.process_index(), jax.process_count()
-  data_iter = inputs.train_iterator(config, pidx, pcount)
-  eval_sets = inputs.eval_sets(config, pidx, pcount)
   mngr = checkpoint.manager(workdir, config)
   state, start = checkpoint.restore(mngr, trainer.abstract_state, data_iter)
   if state is None:
     state, start = trainer.init_state(), 0
-  else:
-    logging.info('resumed from step %d', start)
+  elif jax.process_index() == 0:
+    sys.stderr.write(f'resumed from step {start} ({checkpoint.checkpoint_dir(workdir)})\n')
   writer = MetricWriter(workdir)
   total = config.num_train_steps
   final: dict[str, float] = {}

@@ -10,9 +10,21 @@ import tempfile  # noqa: E402
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='posjax_jit_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# local_text builds go to a per-session cache, not ~/.cache/posjax.
+os.environ.setdefault('POSJAX_CACHE_DIR', tempfile.mkdtemp(prefix='posjax_cache_'))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """Tiny builds of the generated TFDS datasets the tests read (once per worker)."""
+  from posjax.data import builders
+  d = str(tmp_path_factory.mktemp('tfds'))
+  for name in ('listops', 'pathfinder32', 'reverse_string'):
+    builders.build(name, data_dir=d, size='tiny', seed=0)
+  return d
 
 
 @pytest.fixture(scope='session')

@@ -4,20 +4,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import tensorflow_datasets as tfds
 
 from posjax.data import builders, listops, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('tfds'))
-  for name in ('listops', 'pathfinder32', 'reverse_string'):
-    builders.build(name, data_dir=d, size='tiny', seed=0)
-  return d
 
 
 def test_listops_reads_back_with_exact_targets(data_dir):

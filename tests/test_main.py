@@ -31,7 +31,7 @@ def test_every_encoding_trains_through_main(posenc, corpus, tmp_path, capsys):
   c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 3
   c.log_every_steps, c.warmup_steps = 1, 1
   c.seq_len, c.batch_size, c.eval_batch_size, c.num_eval_batches = 32, 8, 8, 1
-  c.eval_lengths = [32, 64]
+  c.eval_lengths = [64]  # Longer than training: one extrapolation eval (one compile).
   c.model.update(num_layers=1, model_dim=32, mlp_dim=64, num_heads=2,
                  max_len=64 if posenc == 'learned' else 32)
   workdir = tmp_path / 'run'

@@ -45,6 +45,11 @@ def _params(cfg, shape, seed):
                       nn.unbox(shapes['params']))
 
 
+def _apply(model):
+  """``model.apply``, compiled once (eager op-by-op dispatch dominates test time)."""
+  return jax.jit(model.apply, static_argnames=('train',))
+
+
 def _tokens(B=2, L=12, seed=3):
   return jax.random.randint(jax.random.key(seed), (B, L), 4, 40)
 
@@ -142,13 +147,14 @@ def test_nope_order_only_through_causal_mask():
   enc = _cfg('none', kind='encoder_classifier', pooling='mean')
   model, params = _init(enc, tokens)
   # Bidirectional NoPE with mean pooling is blind to order ...
-  np.testing.assert_allclose(model.apply({'params': params}, tokens),
-                             model.apply({'params': params}, tokens[:, perm]), rtol=1e-5, atol=1e-5)
+  apply = _apply(model)
+  np.testing.assert_allclose(apply({'params': params}, tokens),
+                             apply({'params': params}, tokens[:, perm]), rtol=1e-5, atol=1e-5)
   # ... while the causal mask alone lets a NoPE decoder see it.
   dec = _cfg('none')
   model, params = _init(dec, tokens)
   swapped = tokens.at[:, 0].set(tokens[0, 1]).at[:, 1].set(tokens[0, 0])
-  last = lambda t: model.apply({'params': params}, t)[:, -1]  # noqa: E731
+  last = lambda t: _apply(model)({'params': params}, t)[:, -1]  # noqa: E731
   assert not np.allclose(last(tokens), last(swapped), atol=1e-4)
 
 
@@ -157,10 +163,11 @@ def test_randomized_positions_only_in_training():
   tokens = _tokens()
   model, params = _init(cfg, tokens)
   rngs = lambda s: {'positions': jax.random.key(s), 'dropout': jax.random.key(0)}  # noqa: E731
-  train = [model.apply({'params': params}, tokens, train=True, rngs=rngs(s)) for s in (1, 2)]
+  apply = _apply(model)
+  train = [apply({'params': params}, tokens, train=True, rngs=rngs(s)) for s in (1, 2)]
   assert not np.allclose(train[0], train[1])
-  np.testing.assert_allclose(model.apply({'params': params}, tokens),
-                             models.build(cfg.replace(randomized_positions=False)).apply(
+  np.testing.assert_allclose(apply({'params': params}, tokens),
+                             _apply(models.build(cfg.replace(randomized_positions=False)))(
                                  {'params': params}, tokens), rtol=1e-6)
 
 
@@ -168,11 +175,11 @@ def test_classifier_and_matcher_shapes():
   tokens = _tokens()
   cfg = _cfg('alibi', kind='encoder_classifier', num_classes=5, pooling='cls')
   model, params = _init(cfg, tokens)
-  assert model.apply({'params': params}, tokens).shape == (2, 5)
+  assert _apply(model)({'params': params}, tokens).shape == (2, 5)
   cfg = _cfg('t5', kind='matcher', num_classes=2)
   model = models.build(cfg)
-  params = model.init(jax.random.key(0), tokens, tokens[::-1])['params']
-  assert model.apply({'params': params}, tokens, tokens[::-1]).shape == (2, 2)
+  params = jax.jit(model.init)(jax.random.key(0), tokens, tokens[::-1])['params']
+  assert _apply(model)({'params': params}, tokens, tokens[::-1]).shape == (2, 2)
 
 
 def test_sampling_is_greedy_consistent():
@@ -183,7 +190,7 @@ def test_sampling_is_greedy_consistent():
   assert out.shape == (2, 8)
   np.testing.assert_array_equal(out[:, :3], tokens)
   # Greedy: each sampled token is the argmax of the full pass over its prefix.
-  full = model.apply({'params': params}, out)
+  full = _apply(model)({'params': params}, out)
   np.testing.assert_array_equal(full[:, 2:-1].argmax(-1), out[:, 3:])
 
 

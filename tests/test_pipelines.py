@@ -5,15 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from posjax.data import builders, listops, pipelines, synthetic
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('tfds'))
-  for name in ('listops', 'pathfinder32', 'reverse_string'):
-    builders.build(name, data_dir=d, size='tiny', seed=0)
-  return d
+from posjax.data import listops, pipelines, synthetic
 
 
 @pytest.fixture(scope='module')

@@ -325,14 +325,14 @@ def test_scaling_containers(scaling):
 
 @pytest.mark.parametrize('name,args,match', [
     ('rope', {'scaling': {'type': 'cubic', 'factor': 2.0}}, r'model\.posenc_args\.scaling\.type: .*allowed: linear'),
-    ('rope', {'scaling': {'type': 'linear', 'factor': -2.0}}, r'model\.posenc_args\.scaling\.factor: must be > 0'),
+    ('rope', {'scaling': {'type': 'linear', 'factor': -2.0}}, r'model\.posenc_args\.scaling\.factor: got -2\.0; allowed: a number > 0'),
     ('rope', {'scaling': {'type': 'ntk', 'factor': 0}}, r'scaling\.factor'),
     ('rope', {'scaling': {'type': 'yarn', 'factor': 2.0}}, r'scaling\.original_max_position: required'),
     ('rope', {'scaling': {'type': 'linear'}}, r'scaling\.factor: required'),
     ('rope', {'scaling': {'type': 'linear', 'factor': 2.0, 'fator': 1}}, r'scaling\.fator: unknown'),
     ('rope', {'scaling': {'type': 'llama3', 'factor': 8.0, 'low_freq_factor': 4.0}}, r'scaling\.high_freq_factor'),
     ('rope', {'scaling': {'type': 'longrope', 'short_factor': [1.0], 'long_factor': [1.0],
-                          'original_max_position': 8, 'factor': 2.0}}, r'scaling\.short_factor: must be 32'),
+                          'original_max_position': 8, 'factor': 2.0}}, r'scaling\.short_factor: got 1 numbers; allowed: 32 '),
     ('rope', {'scaling': {'type': 'longrope', 'short_factor': [1.0] * 32, 'long_factor': [1.0] * 32,
                           'original_max_position': 8}}, r'scaling\.max_position: required'),
     ('rope', {'rotary_fraction': 1.5}, r'model\.posenc_args\.rotary_fraction'),

@@ -11,19 +11,15 @@ from posjax.data import builders
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def config(name, arg):
+def _module(name):
   spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return mod
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('tfds'))
-  for name in ('listops', 'reverse_string'):
-    builders.build(name, data_dir=d, size='tiny')
-  return d
+def config(name, arg):
+  return _module(name).get_config(arg)
 
 
 def _shrink(c):
@@ -68,3 +64,38 @@ def test_missing_dataset_says_how_to_build_it(tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()[-1]  # After any tfds progress bars.
   assert err.startswith('error: data.data_dir:') and 'python -m posjax.data.build listops' in err
   assert not (tmp_path / 'run').exists()
+
+
+def test_retrieval_matching_trains(tmp_path, capsys):
+  """LRA Retrieval end to end: AAN-format TSVs -> lra_retrieval -> the matcher."""
+  tsv = tmp_path / 'manual'
+  tsv.mkdir()
+  for split, n in (('train', 24), ('eval', 8), ('test', 8)):
+    rows = [f"{i % 2}\tA{i}\tB{i}\tb'paper {i} on topic {i % 2}'\tb'cites {i}'"
+            for i in range(n)]
+    (tsv / f'new_aan_pairs.{split}.tsv').write_text('\n'.join(rows) + '\n')
+  builders.build('lra_retrieval', data_dir=str(tmp_path / 'tfds'), manual_dir=str(tsv))
+  c = _shrink(config('lra_retrieval', 'posenc=t5,runlocal'))
+  c.data.data_dir = str(tmp_path / 'tfds')
+  c.seq_len = c.model.max_len = 32
+  out, metrics = _run(c, tmp_path / 'run', capsys)
+  assert 'eval/accuracy@validation' in out and metrics['train/loss'] < 10
+  restored = checkpoint.load_for_analysis(str(tmp_path / 'run'))
+  assert restored.config.task == 'matching' and 'head' in restored.params
+
+
+@pytest.mark.parametrize('name,arg', [
+    ('lm', ''), ('lra_listops', ''), ('lra_pathfinder', ''), ('lra_pathfinder', 'res=128'),
+    ('lra_text', ''), ('lra_retrieval', ''), ('lra_image', ''), ('synthetic', ''),
+    ('lra_text', 'runlocal'), ('lra_image', 'runlocal,posenc=rope_2d')])
+def test_every_config_is_consistent(name, arg):
+  """Model kind matches the task, the model config parses, the schedule is valid,
+  and sweep() names registered encodings."""
+  from posjax import encodings, models, tasks, train
+  c = config(name, arg)
+  mcfg = models.ModelConfig.from_config(c.model)
+  assert mcfg.kind == tasks.for_config(c).model_kind
+  assert c.seq_len <= mcfg.max_len and c.num_eval_batches > 0
+  assert float(train.make_schedule(c)(c.num_train_steps // 2)) > 0
+  mod = _module(name)
+  assert mod.sweep() and all(s['model.posenc'] in encodings.names() for s in mod.sweep())

@@ -9,6 +9,9 @@ is recorded in the dataset description.
 
   listops                  LRA ListOps (posjax.data.listops), features inputs (str), targets
   pathfinder32/128         LRA Pathfinder / Path-X (posjax.data.pathfinder), image, label
+  local_text               text files, one example per file (posjax.data.text): text, path
+  lra_text/retrieval/image LRA Text, Retrieval, Image from the user's downloads in
+                           ``manual_dir`` (posjax.data.lra)
   <task> of synthetic      length generalisation (posjax.data.synthetic): inputs, targets,
                            length; splits ``train`` (lengths 1..N) and ``test`` (N+1..10N)
 """
@@ -20,6 +23,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from posjax.data import lra, text
 
 SIZES = ('tiny', 'small', 'full')
 
@@ -36,6 +41,7 @@ class _Generated(tfds.core.GeneratorBasedBuilder):
   """Shared machinery; subclasses set ``SPEC``."""
   VERSION = tfds.core.Version('1.0.0')
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=s) for s in ('full', 'small', 'tiny')]
+  OPTIONS = ('seed',)  # Keyword arguments of ``build`` this builder takes.
   SPEC: Spec
 
   def __init__(self, *, seed: int = 0, **kwargs):
@@ -113,6 +119,60 @@ class Pathfinder128(_Generated):
 
 
 # ---------------------------------------------------------------------------
+# LRA Text / Retrieval / Image, converted from the user's downloads
+# (posjax.data.lra: sources, splits and sizes).
+
+class _FromManualDir(_Generated):
+  """A dataset converted from files in ``manual_dir``: ``SPEC.splits(size, manual_dir)``."""
+  OPTIONS = ('manual_dir',)
+
+  def __init__(self, *, manual_dir: str | None = None, **kwargs):
+    self.manual_dir = manual_dir
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=self.SPEC.features(),
+                                 description=f'{self.SPEC.description} (converted by posjax)')
+
+  def download_and_prepare(self, **kwargs):
+    # Find the files (or raise the one-line error) before TFDS starts writing.
+    if not (self.data_path / 'dataset_info.json').exists():
+      self._splits = self.SPEC.splits(self.builder_config.name, self.manual_dir)
+    super().download_and_prepare(**kwargs)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return self._splits
+
+
+class LraText(_FromManualDir):
+  SPEC = Spec(
+      features=lambda: tfds.features.FeaturesDict({
+          'text': tfds.features.Text(),
+          'label': tfds.features.ClassLabel(names=['neg', 'pos'])}),
+      splits=lra.imdb_splits,
+      description='LRA Text: IMDB reviews (Maas et al. 2011)')
+
+
+class LraRetrieval(_FromManualDir):
+  SPEC = Spec(
+      features=lambda: tfds.features.FeaturesDict({
+          'text1': tfds.features.Text(), 'text2': tfds.features.Text(),
+          'label': tfds.features.ClassLabel(num_classes=2)}),
+      splits=lra.aan_splits,
+      description='LRA Retrieval: ACL Anthology Network citation pairs (Radev et al. 2013)')
+
+
+class LraImage(_FromManualDir):
+  SPEC = Spec(
+      features=lambda: tfds.features.FeaturesDict({
+          'image': tfds.features.Tensor(shape=(32, 32, 1), dtype=np.uint8),
+          'label': tfds.features.ClassLabel(names=list(lra.CIFAR_CLASSES))}),
+      splits=lra.cifar_splits,
+      description='LRA Image: CIFAR-10 in grey (Krizhevsky 2009)')
+
+
+# ---------------------------------------------------------------------------
 # Synthetic length-generalisation tasks: one builder per task.
 
 # Train on lengths 1..N, test on N+1..10N (Ruoss et al. 2023): (N, train examples
@@ -160,16 +220,20 @@ def _register_synthetic():
 
 SYNTHETIC_BUILDERS = _register_synthetic()
 BUILDERS = {'listops': Listops, 'pathfinder32': Pathfinder32,
-            'pathfinder128': Pathfinder128, **SYNTHETIC_BUILDERS}
+            'lra_text': LraText, 'lra_retrieval': LraRetrieval, 'lra_image': LraImage,
+            'pathfinder128': Pathfinder128, 'local_text': text.LocalText, **SYNTHETIC_BUILDERS}
 
 
-def build(name: str, *, data_dir: str, size: str = 'tiny', seed: int = 0) -> str:
-  """Generates dataset ``name`` at ``size`` into ``data_dir``; returns the
-  name to pass to ``tfds.data_source`` (``'<name>/<size>'``)."""
+def build(name: str, *, data_dir: str, size: str = 'tiny', **options) -> str:
+  """Writes dataset ``name`` at ``size`` into ``data_dir``; returns the name to
+  pass to ``tfds.data_source`` (``'<name>/<size>'``). ``options`` (``seed``,
+  ``path``, ...) go to the builders that declare them in ``OPTIONS``."""
   if name not in BUILDERS:
     raise ValueError(f'data.name: unknown dataset {name!r}; allowed: {", ".join(sorted(BUILDERS))}')
   if size not in SIZES:
     raise ValueError(f'size: got {size!r}; allowed: {", ".join(SIZES)}')
-  builder = BUILDERS[name](config=size, data_dir=data_dir, seed=seed, file_format='array_record')
+  cls = BUILDERS[name]
+  kwargs = {k: v for k, v in options.items() if k in cls.OPTIONS and v is not None}
+  builder = cls(config=size, data_dir=data_dir, file_format='array_record', **kwargs)
   builder.download_and_prepare()
   return f'{name}/{size}'

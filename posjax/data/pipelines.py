@@ -1,5 +1,4 @@
-"""Input pipelines for the generated datasets (``posjax.data.builders``): grain
-over ``tfds.data_source`` splits, pure numpy batches.
+"""Input pipelines: grain over ``tfds`` data-source splits, pure numpy batches.
 
 Every function takes ``process_index`` / ``process_count`` and returns *this
 process's* share of the global batch: ``batch_size`` is the per-process batch.
@@ -29,6 +28,13 @@ rows, which can give NaNs under fully-masked attention), so mask with
 Tokens: ListOps uses ``listops.VOCAB`` (parentheses dropped, as LRA);
 Pathfinder flattens the image row-major to ``R * R`` pixel tokens with
 ``token = pixel + 1`` (``PATHFINDER_VOCAB_SIZE`` = 257), so 0 stays PAD.
+
+Language modelling
+------------------
+``lm_train`` packs ``[BOS] + tokenize(doc) + [EOS]`` windows of ``L + 1``
+tokens (stride ``L``) into ``{'inputs', 'targets', 'segment_ids',
+'positions': int32[B, L]}`` with positions restarting at 0 per window;
+``lm_eval`` gives fixed unpacked windows of one evaluation length.
 
 Synthetic length generalisation (decoder-only format)
 -----------------------------------------------------
@@ -60,7 +66,7 @@ from typing import Any, Callable, Optional, Sequence
 import grain
 import numpy as np
 
-from posjax.data import listops, synthetic
+from posjax.data import listops, synthetic, text
 
 PAD = 0
 PATHFINDER_OFFSET = 1  # token = pixel + 1, so PAD (0) is never a pixel
@@ -81,6 +87,19 @@ def _check_batch_size(batch_size: int) -> None:
     raise ValueError(f'batch_size: got {batch_size}; need >= 1')
 
 
+def _train_examples(source: Sequence, *, batch_size: int, seed: int, process_index: int,
+                    process_count: int) -> grain.MapDataset:
+  """This process's endless share of ``source``: a fresh permutation every epoch
+  (``repeat`` reseeds ``shuffle``), split ``[p::P]`` so shards are disjoint."""
+  _check_process(process_index, process_count)
+  _check_batch_size(batch_size)
+  if len(source) < process_count:
+    raise ValueError(f'source has {len(source)} examples, fewer than '
+                     f'process_count={process_count}')
+  ds = grain.MapDataset.source(source).shuffle(seed=seed)
+  return ds[process_index::process_count].repeat()
+
+
 # --------------------------------------------------------------- tokenizers
 
 def listops_example(ex: dict) -> tuple[np.ndarray, int]:
@@ -99,14 +118,24 @@ def pathfinder_example(ex: dict) -> tuple[np.ndarray, int]:
 
 # ---------------------------------------------------------- classification
 
-def _classification_row(tokens, label, max_length: int, cls_id: Optional[int]) -> Batch:
+def _row(tokens, max_length: int, cls_id: Optional[int]) -> np.ndarray:
   tokens = np.asarray(tokens, np.int32).reshape(-1)
   if cls_id is not None:
     tokens = np.concatenate([np.array([cls_id], np.int32), tokens])
   row = np.zeros(max_length, np.int32)
   n = min(tokens.size, max_length)
   row[:n] = tokens[:n]
-  return {'inputs': row, 'label': np.int32(label)}
+  return row
+
+
+def _classification_row(parts: tuple, max_length: int, cls_id: Optional[int]) -> Batch:
+  """``tokenize(ex)`` = ``(tokens, label)`` -> ``inputs``; ``(tokens1, tokens2,
+  label)`` (matching) -> ``inputs1``, ``inputs2``."""
+  *tokens, label = parts
+  keys = ['inputs'] if len(tokens) == 1 else [f'inputs{i + 1}' for i in range(len(tokens))]
+  out = {k: _row(t, max_length, cls_id) for k, t in zip(keys, tokens)}
+  out['label'] = np.int32(label)
+  return out
 
 
 def classification_dataset(source: Sequence, *, tokenize: Tokenize, max_length: int,
@@ -114,16 +143,11 @@ def classification_dataset(source: Sequence, *, tokenize: Tokenize, max_length: 
                            process_count: int = 1, cls_id: Optional[int] = None
                            ) -> grain.MapDataset:
   """The (infinite, random-access) dataset behind ``classification_train``."""
-  _check_process(process_index, process_count)
-  _check_batch_size(batch_size)
   if max_length < (2 if cls_id is not None else 1):
     raise ValueError(f'max_length: got {max_length}; need room for at least one token')
-  if len(source) < process_count:
-    raise ValueError(f'source has {len(source)} examples, fewer than '
-                     f'process_count={process_count}')
-  ds = grain.MapDataset.source(source).shuffle(seed=seed)
-  ds = ds[process_index::process_count].repeat()
-  ds = ds.map(lambda ex: _classification_row(*tokenize(ex), max_length, cls_id))
+  ds = _train_examples(source, batch_size=batch_size, seed=seed, process_index=process_index,
+                       process_count=process_count)
+  ds = ds.map(lambda ex: _classification_row(tokenize(ex), max_length, cls_id))
   return ds.batch(batch_size, drop_remainder=True)
 
 
@@ -158,16 +182,15 @@ def classification_eval(source: Sequence, *, tokenize: Tokenize, max_length: int
   if n < 1:
     raise ValueError('classification_eval: empty split')
   indices, rows = _shard_indices(n, batch_size, process_index, process_count)
-  examples = [_classification_row(*tokenize(source[i]), max_length, cls_id) for i in indices]
+  examples = [_classification_row(tokenize(source[i]), max_length, cls_id) for i in indices]
   filler = (examples[0] if examples
-            else _classification_row(*tokenize(source[0]), max_length, cls_id))
+            else _classification_row(tokenize(source[0]), max_length, cls_id))
   weight = np.zeros(rows, np.float32)
   weight[:len(examples)] = 1.0
   examples += [filler] * (rows - len(examples))
-  inputs = np.stack([e['inputs'] for e in examples])
-  label = np.array([e['label'] for e in examples], np.int32)
-  return [{'inputs': inputs[s:s + batch_size], 'label': label[s:s + batch_size],
-           'weight': weight[s:s + batch_size]} for s in range(0, rows, batch_size)]
+  stacked = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  stacked['weight'] = weight
+  return [{k: v[s:s + batch_size] for k, v in stacked.items()} for s in range(0, rows, batch_size)]
 
 
 # ----------------------------------------------------- synthetic sequences
@@ -182,13 +205,8 @@ def sequence_example(ex: dict) -> Batch:
 def sequence_dataset(source: Sequence, *, max_length: int, batch_size: int, seed: int,
                      process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """The (infinite) packed dataset behind ``sequence_train``."""
-  _check_process(process_index, process_count)
-  _check_batch_size(batch_size)
-  if len(source) < process_count:
-    raise ValueError(f'source has {len(source)} examples, fewer than '
-                     f'process_count={process_count}')
-  ds = grain.MapDataset.source(source).shuffle(seed=seed)
-  ds = ds[process_index::process_count].repeat().map(sequence_example)
+  ds = _train_examples(source, batch_size=batch_size, seed=seed, process_index=process_index,
+                       process_count=process_count).map(sequence_example)
   ds = ds.filter(lambda e: e['inputs'].size <= max_length)  # Skip, never truncate.
   length = {'inputs': max_length, 'targets': max_length, 'weights': max_length}
   # Fail (instead of spinning forever) when no example fits: grain raises once
@@ -196,16 +214,21 @@ def sequence_dataset(source: Sequence, *, max_length: int, batch_size: int, seed
   ds = grain.experimental.WithOptionsIterDataset(
       ds.to_iter_dataset(),
       grain.experimental.DatasetOptions(filter_raise_threshold_ratio=0.999))
+  return _pack(ds, length, batch_size, seed)
+
+
+def _pack(ds: grain.IterDataset, length: dict, batch_size: int, seed: int) -> grain.IterDataset:
+  """First-fit packing into ``batch_size`` rows: adds ``segment_ids`` (1, 2, ...;
+  0 = padding) and ``positions`` restarting at 0 for every packed element."""
   ds = grain.experimental.FirstFitPackIterDataset(
-      ds, length_struct=length, num_packing_bins=batch_size,
-      seed=seed, shuffle_bins=True)
+      ds, length_struct=length, num_packing_bins=batch_size, seed=seed, shuffle_bins=True)
   ds = ds.batch(batch_size, drop_remainder=True)
-  return ds.map(lambda b: {
-      'inputs': b['inputs'].astype(np.int32),
-      'targets': b['targets'].astype(np.int32),
-      'segment_ids': b['inputs_segment_ids'].astype(np.int32),
-      'positions': b['inputs_positions'].astype(np.int32),
-      'weights': b['weights'].astype(np.float32)})
+  def finish(b):
+    out = {k: b[k].astype(np.float32 if k == 'weights' else np.int32) for k in length}
+    out['segment_ids'] = b['inputs_segment_ids'].astype(np.int32)
+    out['positions'] = b['inputs_positions'].astype(np.int32)
+    return out
+  return ds.map(finish)
 
 
 def sequence_train(source: Sequence, *, max_length: int, batch_size: int, seed: int,
@@ -262,3 +285,86 @@ def sequence_eval(source: Sequence, *, batch_size: int, process_index: int = 0,
       out[length].append(_sequence_batch(examples[s:s + batch_size], width,
                                          max(0, min(real - s, batch_size))))
   return out
+
+
+# ------------------------------------------------------- language modelling
+
+class _Chunks(grain.experimental.FlatMapTransform):
+  """A document's tokens -> windows of ``L + 1`` tokens with stride ``L`` (every
+  token is predicted once), each as ``{'inputs': w[:-1], 'targets': w[1:]}``."""
+
+  def __init__(self, seq_len: int):
+    self.seq_len = seq_len
+    self.max_fan_out = 1 << 20
+
+  def flat_map(self, tokens):
+    return [{'inputs': tokens[s:s + self.seq_len], 'targets': tokens[s + 1:s + self.seq_len + 1]}
+            for s in range(0, tokens.size - 1, self.seq_len)]
+
+
+def _document(tokenize: Callable[[Any], np.ndarray]) -> Callable[[Any], np.ndarray]:
+  return lambda ex: np.concatenate([[text.BOS], tokenize(ex), [text.EOS]]).astype(np.int32)
+
+
+def lm_train(source: Sequence, *, tokenize: Callable[[Any], np.ndarray], seq_len: int,
+             batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+             shuffle_window: int = 1024):
+  """Checkpointable iterator of packed LM batches ``{'inputs', 'targets',
+  'segment_ids', 'positions': int32[B, L]}``.
+
+  Documents (``[BOS] + tokenize(example) + [EOS]``) are shuffled by ``seed``
+  (afresh every epoch) and sharded per process, cut into windows (``_Chunks``),
+  shuffled again within ``shuffle_window`` windows so a long document does not
+  fill whole batches, and packed first-fit; positions restart at 0 in every
+  window and segment ids keep windows apart.
+  """
+  ds = _train_examples(source, batch_size=batch_size, seed=seed, process_index=process_index,
+                       process_count=process_count)
+  ds = ds.map(_document(tokenize)).to_iter_dataset()
+  ds = grain.experimental.FlatMapIterDataset(ds, _Chunks(seq_len))
+  if shuffle_window > 1:
+    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
+  return iter(_pack(ds, {'inputs': seq_len, 'targets': seq_len}, batch_size, seed))
+
+
+def lm_eval(source: Sequence, *, tokenize: Callable[[Any], np.ndarray], length: int,
+            batch_size: int, num_batches: int, process_index: int = 0,
+            process_count: int = 1) -> list[Batch]:
+  """``num_batches`` batches of unpacked ``length``-token windows, the same ones
+  every call (positions 0..length-1, one segment per row).
+
+  Documents are read in order; each one long enough gives one window per round
+  (document ``i`` starts at its window ``i mod n``, so rows are not all file
+  headers), rounds repeat until ``batch_size * num_batches`` rows exist, and
+  process ``p`` takes rows ``p, p + P, ...``.
+  """
+  _check_process(process_index, process_count)
+  _check_batch_size(batch_size)
+  need = batch_size * process_count * num_batches
+  document = _document(tokenize)
+  docs, rows = [], []  # Documents with at least one full window.
+  for i in range(len(source)):
+    tokens = document(source[i])
+    if (tokens.size - 1) // length:
+      docs.append(tokens)
+      rows.append(_window(tokens, length, len(docs) - 1))
+      if len(rows) == need:
+        break
+  if not docs:
+    raise ValueError(f'eval_lengths: no evaluation document is longer than {length} '
+                     'tokens; allowed: shorter eval lengths')
+  r = 1
+  while len(rows) < need:  # Later rounds: the next window of every document, cycling.
+    rows.extend(_window(t, length, i + r) for i, t in enumerate(docs[:need - len(rows)]))
+    r += 1
+  tokens = np.stack(rows)[process_index::process_count]
+  ones = np.ones((batch_size, length), np.int32)
+  positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length)).copy()
+  return [{'inputs': t[:, :-1], 'targets': t[:, 1:], 'segment_ids': ones, 'positions': positions}
+          for t in (tokens[i * batch_size:(i + 1) * batch_size] for i in range(num_batches))]
+
+
+def _window(tokens: np.ndarray, length: int, k: int) -> np.ndarray:
+  n = (tokens.size - 1) // length
+  s = (k % n) * length
+  return tokens[s:s + length + 1]

@@ -1,44 +1,117 @@
-"""A byte-level text reader: local files -> packed ``[B, L]`` grain batches.
+"""Text for language modelling: tokenizers and the ``local_text`` dataset.
 
-Token ids: 0 = pad, 1 = BOS, 2 = EOS, 3 = CLS, byte b -> b + 4 (vocab 260).
-Documents are the running interpreter's standard library ``.py`` files (the
-default) or the files under a user-given directory / glob (``config.data.path``).
-A document is ``[BOS] + bytes + [EOS]``; it is cut into chunks of at most
-``L + 1`` tokens (stride ``L``, so every token is predicted once), each chunk
-gives ``inputs = chunk[:-1]``, ``targets = chunk[1:]``, and chunks are packed
-into rows by grain's first-fit packing, which emits ``segment_ids`` (1, 2, ...;
-0 = padding) and ``positions`` that restart at 0 for every chunk.
+Token ids: 0 = PAD, 1 = BOS, 2 = EOS, 3 = CLS; then the tokenizer's own ids
+shifted by 4: byte ``b`` -> ``b + 4`` (``bytes``, vocab 260) or SentencePiece
+piece ``s`` -> ``s + 4`` (``data.tokenizer=/path/to/model.model``, vocab
+``pieces + 4``).
 
-Training batches come from a checkpointable grain iterator (``get_state`` /
-``set_state``); evaluation batches are unpacked windows of each eval length.
+``local_text`` is a TFDS builder over a directory or glob of text files, one
+example per file (features ``text``: the raw bytes, ``path``: relative to the
+corpus root), split into train / validation by a hash of the relative path
+(5% validation). Its default corpus is the running interpreter's standard
+library ``.py`` files, so the main job needs no download. Build it explicitly
+
+  python -m posjax.data.build local_text --data_dir=DIR --path='~/corpus/**/*.txt'
+
+or let the trainer build it on first use into a cache keyed by the files'
+names, sizes and modification times (``$POSJAX_CACHE_DIR``, default
+``~/.cache/posjax``), so an edited corpus is rebuilt and an unchanged one is not.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
+import shutil
 import sysconfig
+import uuid
 import zlib
-from typing import Sequence
+from typing import Iterable, Sequence
 
-import grain
 import numpy as np
+import tensorflow_datasets as tfds
 
 PAD, BOS, EOS, CLS = 0, 1, 2, 3
-BYTE_OFFSET = 4
-VOCAB_SIZE = 256 + BYTE_OFFSET
+SPECIALS = 4
+VOCAB_SIZE = 256 + SPECIALS  # Byte level.
+SIZES = {'tiny': (32, 8), 'small': (512, 64), 'full': (None, None)}  # Train / validation files.
 
 
-def encode(data: bytes | str) -> np.ndarray:
-  if isinstance(data, str):
-    data = data.encode('utf-8')
-  return np.frombuffer(data, dtype=np.uint8).astype(np.int32) + BYTE_OFFSET
+# ---------------------------------------------------------------- tokenizers
+
+class ByteTokenizer:
+  """UTF-8 bytes, ``b -> b + 4``."""
+  unit = 'byte'
+  vocab_size = VOCAB_SIZE
+
+  def encode(self, data: bytes | str) -> np.ndarray:
+    if isinstance(data, str):
+      data = data.encode('utf-8')
+    return np.frombuffer(data, dtype=np.uint8).astype(np.int32) + SPECIALS
+
+  def decode(self, ids: Sequence[int]) -> bytes:
+    ids = np.asarray(ids)
+    return (ids[ids >= SPECIALS] - SPECIALS).astype(np.uint8).tobytes()
 
 
-def decode(ids: Sequence[int]) -> bytes:
-  ids = np.asarray(ids)
-  ids = ids[ids >= BYTE_OFFSET]
-  return (ids - BYTE_OFFSET).astype(np.uint8).tobytes()
+class SentencePieceTokenizer:
+  """A trained SentencePiece model, ``piece -> piece + 4``."""
+  unit = 'token'
 
+  def __init__(self, model_path: str):
+    import sentencepiece as spm
+    self.model_path = model_path
+    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    self.vocab_size = self.sp.get_piece_size() + SPECIALS
+
+  def encode(self, data: bytes | str) -> np.ndarray:
+    if isinstance(data, bytes):
+      data = data.decode('utf-8', errors='replace')
+    return np.asarray(self.sp.encode(data), np.int32) + SPECIALS
+
+  def decode(self, ids: Sequence[int]) -> bytes:
+    ids = [int(i) - SPECIALS for i in ids if int(i) >= SPECIALS]
+    return self.sp.decode(ids).encode('utf-8')
+
+
+def tokenizer(spec: str = 'bytes'):
+  """``'bytes'`` or the path of a SentencePiece ``.model``; one-line error otherwise."""
+  if spec in ('', 'bytes'):
+    return ByteTokenizer()
+  if not os.path.isfile(spec):
+    raise ValueError(f'data.tokenizer: got {spec!r}; allowed: bytes, or the path of a '
+                     'SentencePiece .model file (python -m posjax.data.train_tokenizer)')
+  try:
+    return SentencePieceTokenizer(spec)
+  except Exception as e:  # sentencepiece raises OSError / RuntimeError on bad files.
+    raise ValueError(f'data.tokenizer: {spec!r} is not a SentencePiece model '
+                     f'({type(e).__name__}); allowed: bytes or a .model file') from None
+
+
+def train_sentencepiece(texts: Iterable[str | bytes], model_prefix: str, *, vocab_size: int,
+                        model_type: str = 'unigram', max_sentence_length: int = 16384) -> str:
+  """Trains a SentencePiece model on ``texts``; returns ``model_prefix + '.model'``.
+
+  Pad / BOS / EOS are not pieces (posjax adds its own); unknown is piece 0.
+  """
+  import sentencepiece as spm
+
+  def sentences():
+    for t in texts:
+      if isinstance(t, bytes):
+        t = t.decode('utf-8', errors='replace')
+      yield from (line for line in t.splitlines() if line.strip())
+
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=sentences(), model_prefix=model_prefix, vocab_size=vocab_size,
+      model_type=model_type, character_coverage=1.0, pad_id=-1, bos_id=-1, eos_id=-1,
+      unk_id=0, max_sentence_length=max_sentence_length, hard_vocab_limit=False,
+      minloglevel=2)
+  return model_prefix + '.model'
+
+
+# ------------------------------------------------------------ the corpus
 
 def list_documents(path: str | None = None) -> list[str]:
   """Sorted document paths; ValueError('data.path: ...') if nothing matches.
@@ -52,10 +125,11 @@ def list_documents(path: str | None = None) -> list[str]:
       subdirs[:] = [s for s in subdirs
                     if s not in ('site-packages', 'dist-packages', '__pycache__')]
       files.extend(os.path.join(d, f) for f in fs if f.endswith('.py'))
-  elif os.path.isdir(path):
-    files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+  elif os.path.isdir(os.path.expanduser(path)):
+    root = os.path.expanduser(path)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
   else:
-    files = glob.glob(path, recursive=True)
+    files = glob.glob(os.path.expanduser(path), recursive=True)
   files = sorted(f for f in files if os.path.isfile(f) and os.path.getsize(f) > 0)
   if not files:
     raise ValueError(f'data.path: no non-empty files match {path!r}; allowed: '
@@ -63,127 +137,72 @@ def list_documents(path: str | None = None) -> list[str]:
   return files
 
 
-def split_documents(files: Sequence[str], split: str,
-                    valid_percent: int = 5) -> list[str]:
-  """Deterministic train / validation split by a hash of the file name."""
-  if split not in ('train', 'validation'):
-    raise ValueError(f'split: got {split!r}; allowed: train, validation')
-  root = (os.path.commonpath(list(files)) if len(files) > 1
-          else os.path.dirname(files[0]))
+def split_documents(files: Sequence[str], split: str, valid_percent: int = 5) -> list[str]:
+  """Deterministic train / validation split by a hash of the relative path."""
+  root = _root(files)
   def is_valid(f):
-    key = os.path.relpath(f, root)
-    return zlib.crc32(key.encode()) % 100 < valid_percent
+    return zlib.crc32(os.path.relpath(f, root).encode()) % 100 < valid_percent
   out = [f for f in files if is_valid(f) == (split == 'validation')]
-  if not out:  # Tiny corpora: use everything for both.
-    out = list(files)
-  return out
+  return out or list(files)  # Tiny corpora: everything in both splits.
 
 
-def _read_tokens(path: str, start: int, length: int) -> np.ndarray:
-  """Tokens ``[start, start + length)`` of ``[BOS] + bytes(path) + [EOS]``."""
-  size = os.path.getsize(path)
-  n = size + 2
-  stop = min(start + length, n)
-  b0, b1 = max(start - 1, 0), min(stop - 1, size)  # Byte range covered.
-  with open(path, 'rb') as f:
-    f.seek(b0)
-    body = encode(f.read(max(b1 - b0, 0)))
-  parts = []
-  if start == 0:
-    parts.append(np.array([BOS], np.int32))
-  parts.append(body)
-  if stop == n:
-    parts.append(np.array([EOS], np.int32))
-  return np.concatenate(parts)
+def _root(files: Sequence[str]) -> str:
+  return os.path.commonpath(list(files)) if len(files) > 1 else os.path.dirname(files[0])
 
 
-def _chunk_index(files: Sequence[str], seq_len: int) -> np.ndarray:
-  """``[N, 2]`` (file index, token offset) of every chunk of every document."""
-  rows = []
-  for i, f in enumerate(files):
-    n = os.path.getsize(f) + 2
-    starts = np.arange(0, n - 1, seq_len, dtype=np.int64)
-    rows.append(np.stack([np.full_like(starts, i), starts], axis=1))
-  return np.concatenate(rows, axis=0)
+class LocalText(tfds.core.GeneratorBasedBuilder):
+  """Text files as a TFDS dataset: one example per file, train / validation."""
+  VERSION = tfds.core.Version('1.0.0')
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=s) for s in ('full', 'small', 'tiny')]
+  OPTIONS = ('path',)
+
+  def __init__(self, *, path: str = '', **kwargs):
+    self.path = path
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict({'text': tfds.features.Text(),
+                                             'path': tfds.features.Text()}),
+        description=f'Text files of {self.path or "the Python standard library"!r} (posjax)')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    files = list_documents(self.path)
+    limits = dict(zip(('train', 'validation'), SIZES[self.builder_config.name]))
+    root = _root(files)
+    return {split: self._generate_examples(split_documents(files, split)[:n], root)
+            for split, n in limits.items()}
+
+  def _generate_examples(self, files, root):
+    for f in files:
+      rel = os.path.relpath(f, root)
+      with open(f, 'rb') as fh:
+        yield rel, {'text': fh.read(), 'path': rel}
 
 
-def train_dataset(files: Sequence[str], *, seq_len: int, batch_size: int,
-                  seed: int, process_index: int = 0, process_count: int = 1
-                  ) -> grain.IterDataset:
-  """Packed training batches of ``batch_size`` rows (this process's share)."""
-  files = list(files)
-  index = _chunk_index(files, seq_len)
-
-  def load(row):
-    tokens = _read_tokens(files[int(row[0])], int(row[1]), seq_len + 1)
-    return {'inputs': tokens[:-1], 'targets': tokens[1:]}
-
-  ds = grain.MapDataset.source(index).shuffle(seed=seed)
-  ds = ds[process_index::process_count].repeat().map(load)
-  ds = grain.experimental.FirstFitPackIterDataset(
-      ds.to_iter_dataset(), length_struct={'inputs': seq_len, 'targets': seq_len},
-      num_packing_bins=batch_size, seed=seed, shuffle_bins=True)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  return ds.map(lambda b: {
-      'inputs': b['inputs'].astype(np.int32),
-      'targets': b['targets'].astype(np.int32),
-      'segment_ids': b['inputs_segment_ids'].astype(np.int32),
-      'positions': b['inputs_positions'].astype(np.int32)})
+def cache_dir() -> str:
+  return os.path.expanduser(os.environ.get('POSJAX_CACHE_DIR', '~/.cache/posjax'))
 
 
-def train_iterator(config, process_index: int = 0, process_count: int = 1):
-  """The training iterator for an experiment config (checkpointable)."""
-  files = split_documents(list_documents(config.data.get('path')), 'train')
-  ds = train_dataset(files, seq_len=config.seq_len,
-                     batch_size=config.batch_size // process_count,
-                     seed=config.seed, process_index=process_index,
-                     process_count=process_count)
-  return iter(ds)
+def local_text_dir(path: str = '', size: str = 'full') -> str:
+  """A data_dir holding ``local_text/<size>`` of ``path``, built on first use.
 
-
-def eval_batches(files: Sequence[str], *, length: int, batch_size: int,
-                 num_batches: int, process_index: int = 0,
-                 process_count: int = 1) -> list[dict[str, np.ndarray]]:
-  """Unpacked windows of ``length`` tokens, the same ones every call.
-
-  One window of every document long enough, then another, ...; window k of
-  a document is its tokens ``[k*length, (k+1)*length]`` (inputs and shifted
-  targets), with positions 0..length-1 and one segment (k is staggered across
-  documents so the rows are not all file headers). Rows are split across
-  processes.
+  The directory name is a hash of the files' names, sizes and mtimes; concurrent
+  builders write to private directories and the first rename wins.
   """
-  need = batch_size * num_batches
-  files = [f for f in files if os.path.getsize(f) + 2 > length]
-  if not files:
-    raise ValueError(f'eval_lengths: no validation document is longer than '
-                     f'{length} tokens; allowed: shorter eval lengths')
-  rows = []
-  windows = [(os.path.getsize(f) + 1) // length for f in files]  # Full windows.
-  for r in range(max(windows)):  # Round r: one unused window of every document.
-    for i, (f, n) in enumerate(zip(files, windows)):
-      if r < n and len(rows) < need:
-        rows.append(_read_tokens(f, ((i + r) % n) * length, length + 1))
-    if len(rows) == need:
-      break
-  while len(rows) < need:  # Too little text: repeat windows.
-    rows.append(rows[len(rows) % max(len(rows), 1)])
-  tokens = np.stack(rows)[process_index::process_count]
-  per = batch_size // process_count
-  out = []
-  for i in range(num_batches):
-    t = tokens[i * per:(i + 1) * per]
-    out.append({
-        'inputs': t[:, :-1], 'targets': t[:, 1:],
-        'segment_ids': np.ones((per, length), np.int32),
-        'positions': np.broadcast_to(np.arange(length, dtype=np.int32),
-                                     (per, length)).copy()})
-  return out
-
-
-def eval_sets(config, process_index: int = 0, process_count: int = 1
-              ) -> dict[int, list[dict[str, np.ndarray]]]:
-  files = split_documents(list_documents(config.data.get('path')), 'validation')
-  return {int(length): eval_batches(
-      files, length=int(length), batch_size=config.eval_batch_size,
-      num_batches=config.num_eval_batches, process_index=process_index,
-      process_count=process_count) for length in config.eval_lengths}
+  files = list_documents(path)
+  stats = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
+  key = hashlib.sha1(json.dumps([path, size, stats]).encode()).hexdigest()[:16]
+  final = os.path.join(cache_dir(), 'local_text', key)
+  if not os.path.isdir(final):
+    tmp = f'{final}.tmp-{uuid.uuid4().hex}'
+    tfds.disable_progress_bar()
+    LocalText(config=size, data_dir=tmp, path=path, file_format='array_record'
+              ).download_and_prepare()
+    try:
+      os.rename(tmp, final)
+    except OSError:  # Another process finished first.
+      shutil.rmtree(tmp, ignore_errors=True)
+  return final

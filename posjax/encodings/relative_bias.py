@@ -60,7 +60,7 @@ def _distance(qpos_BxL: Array, kpos_BxS: Array) -> Array:
 
 def _check(ok: bool, field: str, allowed: str, value) -> None:
   if not ok:
-    raise ValueError(f'model.posenc_args.{field} must be {allowed}, got {value!r}')
+    raise ValueError(f'model.posenc_args.{field}: got {value!r}; allowed: {allowed}')
 
 
 @register('t5')

@@ -52,24 +52,26 @@ def _check_scaling(scaling: Mapping[str, Any], dim: int) -> dict[str, Any]:
     raise ValueError(f'scaling.{unknown[0]}: unknown key for type {kind!r}; '
                      f'allowed: {", ".join(allowed)}')
   if missing := [key for key in _REQUIRED[kind] if s.get(key) is None]:
-    raise ValueError(f'scaling.{missing[0]}: required for type {kind!r}')
+    raise ValueError(f'scaling.{missing[0]}: required for type {kind!r}; allowed: '
+                     f'a dict with {", ".join(_REQUIRED[kind])}')
   if kind == 'longrope' and s.get('factor') is None:
     if s.get('max_position') is None:
-      raise ValueError('scaling.max_position: required for type longrope '
-                       'when scaling.factor is not given')
+      raise ValueError('scaling.max_position: required for type longrope when '
+                       'scaling.factor is not given; allowed: a number > 0')
     s['factor'] = s['max_position'] / s['original_max_position']
   for key in ('factor', 'original_max_position', 'seq_len', 'beta_fast',
               'beta_slow', 'attention_factor', 'low_freq_factor',
               'high_freq_factor', 'max_position'):
     if key in s and s[key] is not None and not s[key] > 0:
-      raise ValueError(f'scaling.{key}: must be > 0, got {s[key]!r}')
-  if kind == 'llama3' and not (s.get('low_freq_factor', 1.0)
-                               < s.get('high_freq_factor', 4.0)):
-    raise ValueError('scaling.high_freq_factor: must be > scaling.low_freq_factor')
+      raise ValueError(f'scaling.{key}: got {s[key]!r}; allowed: a number > 0')
+  low, high = s.get('low_freq_factor', 1.0), s.get('high_freq_factor', 4.0)
+  if kind == 'llama3' and not low < high:
+    raise ValueError(f'scaling.high_freq_factor: got {high!r}; allowed: a number > '
+                     f'scaling.low_freq_factor={low!r}')
   for key in ('short_factor', 'long_factor'):
     if key in s and (len(s[key]) != dim // 2 or min(s[key]) <= 0):
-      raise ValueError(f'scaling.{key}: must be {dim // 2} (= rotary dim / 2) '
-                       f'positive numbers, got {len(s[key])}')
+      raise ValueError(f'scaling.{key}: got {len(s[key])} numbers; allowed: '
+                       f'{dim // 2} (= rotary dim / 2) positive numbers')
   return dict(s, type=kind)
 
 
@@ -219,7 +221,16 @@ def _check_layout(layout: str) -> None:
 
 def _check_base(base: float) -> None:
   if not base > 1:
-    raise ValueError(f'model.posenc_args.base: must be > 1, got {base!r}')
+    raise ValueError(f'model.posenc_args.base: got {base!r}; allowed: a number > 1')
+
+
+def _check_head_dim(enc: Encoding, multiple: int) -> None:
+  """Rotary encodings pair channels: the head dim must be a multiple of 2 (4 in 2D)."""
+  if enc.head_dim % multiple:
+    raise ValueError(
+        f'model.model_dim: got {enc.model_dim} with num_heads={enc.num_heads}, a head_dim '
+        f'of {enc.head_dim}; allowed: model_dim / num_heads a multiple of {multiple} '
+        f'for posenc={enc.registry_name}')
 
 
 @register('rope')
@@ -244,10 +255,11 @@ class RoPE(Encoding):
   def __post_init__(self):
     _check_base(self.base)
     _check_layout(self.layout)
+    _check_head_dim(self, 2)
     if not 0 < self.rotary_fraction <= 1 or self.rotary_dim == 0:
-      raise ValueError('model.posenc_args.rotary_fraction: must be in (0, 1] and '
-                       f'leave an even rotary dim >= 2 of head_dim {self.head_dim}, '
-                       f'got {self.rotary_fraction!r}')
+      raise ValueError(f'model.posenc_args.rotary_fraction: got {self.rotary_fraction!r}; '
+                       'allowed: a number in (0, 1] (the rotary dim is at most the '
+                       f'head_dim {self.head_dim}) leaving a rotary dim of at least 2')
     if self.scaling is not None:
       try:
         rope_inv_freq(self.rotary_dim, base=self.base,
@@ -301,12 +313,13 @@ class XPos(Encoding):
     _check_base(self.base)
     _check_layout(self.layout)
     if not self.scale_base > 0:
-      raise ValueError(f'model.posenc_args.scale_base: must be > 0, got {self.scale_base!r}')
-    if self.head_dim % 2:
-      raise ValueError(f'xpos: head_dim must be even, got {self.head_dim}')
+      raise ValueError(f'model.posenc_args.scale_base: got {self.scale_base!r}; '
+                       'allowed: a number > 0')
+    _check_head_dim(self, 2)
     if not self.causal:
-      raise ValueError('xpos: requires causal attention (causal=True); its '
-                       'scale grows without bound for keys after the query')
+      raise ValueError('model.kind: an encoder (bidirectional) with posenc=xpos; allowed: '
+                       'causal attention (decoder): the scale grows without bound for '
+                       'keys after the query')
     super().__post_init__()
 
   def qk(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS):
@@ -334,9 +347,9 @@ class RoPE2D(Encoding):
     _check_base(self.base)
     _check_layout(self.layout)
     if not self.grid_width > 0:
-      raise ValueError(f'model.posenc_args.grid_width: must be > 0, got {self.grid_width!r}')
-    if self.head_dim % 4:
-      raise ValueError(f'rope_2d: head_dim must be divisible by 4, got {self.head_dim}')
+      raise ValueError(f'model.posenc_args.grid_width: got {self.grid_width!r}; '
+                       'allowed: a positive integer')
+    _check_head_dim(self, 4)
     super().__post_init__()
 
   def _rotate(self, x_BxLxHxK, pos_BxL):

@@ -32,12 +32,16 @@ def sample(model, params, prompt_BxP, rng, *, max_len: int, temperature: float =
   B, P = prompt_BxP.shape
   if not 0 < P <= max_len:
     raise ValueError(f'sample: prompt length {P} must be in [1, max_len={max_len}]')
-  positions = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (B, max_len))
-  cache = init_cache(model, params, B, max_len)
-  logits, cache = decode_step(model, params, cache, prompt_BxP, positions[:, :P])
-  tokens = jnp.zeros((B, max_len), jnp.int32).at[:, :P].set(prompt_BxP)
-  return _sample_loop(lambda c, t, p: decode_step(model, params, c, t, p),
-                      tokens, logits[:, -1], cache, positions, P, rng, temperature, top_k)
+
+  @jax.jit  # One program per call: prefill, then the token loop.
+  def run(params, prompt_BxP, rng):
+    positions = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (B, max_len))
+    cache = init_cache(model, params, B, max_len)
+    logits, cache = decode_step(model, params, cache, prompt_BxP, positions[:, :P])
+    tokens = jnp.zeros((B, max_len), jnp.int32).at[:, :P].set(prompt_BxP)
+    return _sample_loop(lambda c, t, p: decode_step(model, params, c, t, p),
+                        tokens, logits[:, -1], cache, positions, P, rng, temperature, top_k)
+  return run(params, prompt_BxP, rng)
 
 
 def _choose(logits_BxV, rng, temperature, top_k):

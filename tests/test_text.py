@@ -1,0 +1,203 @@
+"""Language-modelling data: the local_text TFDS builder and its cache, packed LM
+batches over any TFDS text split, length-extrapolation eval windows,
+SentencePiece, and the errors for absent TFDS catalog datasets."""
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from posjax import tasks
+from posjax.data import builders, inputs, pipelines, text
+
+
+def _documents(corpus):
+  """{relative path: [BOS] + bytes + [EOS]} of the corpus fixture."""
+  out = {}
+  for f in text.list_documents(corpus):
+    with open(f, 'rb') as fh:
+      out[os.path.relpath(f, corpus)] = np.concatenate(
+          [[text.BOS], text.ByteTokenizer().encode(fh.read()), [text.EOS]])
+  return out
+
+
+@pytest.fixture(scope='module')
+def built(corpus, tmp_path_factory):
+  d = str(tmp_path_factory.mktemp('lt'))
+  assert builders.build('local_text', data_dir=d, size='full', path=corpus) == 'local_text/full'
+  return d, tfds.data_source('local_text/full', data_dir=d)
+
+
+def _tokenize(ex):
+  return text.ByteTokenizer().encode(ex['text'])
+
+
+def test_local_text_holds_every_file_once_in_a_deterministic_split(corpus, built):
+  _, src = built
+  docs = _documents(corpus)
+  seen = {}
+  for split in ('train', 'validation'):
+    for i in range(len(src[split])):
+      ex = src[split][i]
+      seen.setdefault(ex['path'].decode(), []).append(split)
+      np.testing.assert_array_equal(np.concatenate([[text.BOS], _tokenize(ex), [text.EOS]]),
+                                    docs[ex['path'].decode()])
+  assert set(seen) == set(docs) and all(len(v) == 1 for v in seen.values())
+  files = text.list_documents(corpus)
+  want = {os.path.relpath(f, corpus) for f in text.split_documents(files, 'validation')}
+  assert {p for p, s in seen.items() if s == ['validation']} == want
+  assert 0 < len(want) < len(docs)
+
+
+def test_local_text_cache_rebuilds_only_when_files_change(tmp_path, monkeypatch):
+  monkeypatch.setenv('POSJAX_CACHE_DIR', str(tmp_path / 'cache'))
+  corpus = tmp_path / 'c'
+  corpus.mkdir()
+  for i in range(3):
+    (corpus / f'{i}.txt').write_text(f'document {i} ' * 20)
+  a = text.local_text_dir(str(corpus))
+  stamp = os.path.getmtime(a)
+  assert text.local_text_dir(str(corpus)) == a and os.path.getmtime(a) == stamp
+  (corpus / '1.txt').write_text('changed ' * 30)
+  b = text.local_text_dir(str(corpus))
+  assert b != a
+  src = tfds.data_source('local_text/full', data_dir=b)
+  texts = [src[s][i]['text'] for s in src for i in range(len(src[s]))]
+  assert ('changed ' * 30).encode() in texts
+  assert not [p for p in os.listdir(os.path.dirname(a)) if '.tmp-' in p]
+
+
+def test_lm_batches_pack_windows_of_documents_and_resume(corpus, built):
+  _, src = built
+  docs = list(_documents(corpus).values())
+  it = pipelines.lm_train(src['train'], tokenize=_tokenize, seq_len=32, batch_size=4, seed=0,
+                          shuffle_window=8)
+  b = next(it)
+  seg, pos, x, y = b['segment_ids'], b['positions'], b['inputs'], b['targets']
+  assert x.shape == (4, 32) and x.dtype == np.int32
+  for r in range(4):
+    for s in set(seg[r][seg[r] > 0]):
+      m = seg[r] == s
+      np.testing.assert_array_equal(pos[r][m], np.arange(m.sum()))  # Restart at 0.
+      window = np.concatenate([x[r][m], y[r][m][-1:]])
+      # Every packed window is a contiguous piece of one document, at a stride-32 offset.
+      assert any(w.size >= window.size and
+                 any(np.array_equal(w[o:o + window.size], window) for o in range(0, w.size, 32))
+                 for w in docs)
+  assert (x[seg == 0] == 0).all() and (pos[seg == 0] == 0).all()
+  state = it.get_state()
+  nxt = next(it)
+  it.set_state(state)
+  again = next(it)
+  for k in nxt:
+    np.testing.assert_array_equal(nxt[k], again[k])
+
+
+def test_lm_process_shards_split_each_epoch_into_disjoint_documents(built):
+  _, src = built
+  n = len(src['train'])
+  def epoch_documents(p):
+    """The opening bytes of the first documents process p reads: its share of epoch 0."""
+    it = pipelines.lm_train(src['train'], tokenize=_tokenize, seq_len=4096, batch_size=1,
+                            seed=3, process_index=p, process_count=2, shuffle_window=1)
+    want, seen = len(range(p, n, 2)), []
+    while len(seen) < want:
+      b = next(it)
+      x, seg, pos = b['inputs'][0], b['segment_ids'][0], b['positions'][0]
+      starts = np.flatnonzero((pos == 0) & (seg > 0) & (x == text.BOS))
+      seen += [x[i + 1:i + 40].tobytes() for i in starts]
+    return set(seen[:want])
+  a, b = epoch_documents(0), epoch_documents(1)
+  assert not a & b
+  assert a | b == {_tokenize(src['train'][i])[:39].tobytes() for i in range(n)}
+
+
+def test_lm_eval_windows_are_fixed_and_split_across_processes(built):
+  _, src = built
+  kw = dict(tokenize=_tokenize, length=64, num_batches=2)
+  one = pipelines.lm_eval(src['validation'], batch_size=4, **kw)
+  assert len(one) == 2 and one[0]['inputs'].shape == (4, 64)
+  again = pipelines.lm_eval(src['validation'], batch_size=4, **kw)
+  np.testing.assert_array_equal(one[1]['inputs'], again[1]['inputs'])
+  np.testing.assert_array_equal(one[0]['inputs'][:, 1:], one[0]['targets'][:, :-1])
+  rows = np.concatenate([b['inputs'] for b in one])
+  halves = [np.concatenate([b['inputs'] for b in pipelines.lm_eval(
+      src['validation'], batch_size=2, process_index=p, process_count=2, **kw)]) for p in (0, 1)]
+  np.testing.assert_array_equal(np.sort(np.concatenate(halves), axis=0), np.sort(rows, axis=0))
+  with pytest.raises(ValueError, match='^eval_lengths: '):
+    pipelines.lm_eval(src['validation'], tokenize=_tokenize, length=10**6, batch_size=1,
+                      num_batches=1)
+
+
+def _lm_config(**data):
+  return ml_collections.ConfigDict({'task': 'lm', 'data': {
+      'name': 'local_text', 'path': '', 'data_dir': '', 'size': 'full', 'text_key': '',
+      'eval_split': '', 'tokenizer': 'bytes', **data}})
+
+
+def test_sentencepiece_tokenizer_trains_and_sets_the_lm_unit(corpus, built, tmp_path):
+  d, src = built
+  path = text.train_sentencepiece((src['train'][i]['text'] for i in range(len(src['train']))),
+                                  str(tmp_path / 'spm'), vocab_size=40)
+  tok = text.tokenizer(path)
+  assert tok.vocab_size == tok.sp.get_piece_size() + text.SPECIALS
+  ids = tok.encode(b'def x return')
+  assert ids.min() >= text.SPECIALS and tok.decode(ids) == b'def x return'
+  c = _lm_config(data_dir=d, tokenizer=path)
+  it = inputs.train_iterator(ml_collections.ConfigDict(dict(
+      c.to_dict(), seq_len=16, batch_size=2, seed=0)))
+  assert next(it)['inputs'].max() < tok.vocab_size
+  assert tasks.for_config(c).unit == 'token' and tasks.for_config(_lm_config()).unit == 'byte'
+  with pytest.raises(ValueError, match=r'^data.tokenizer: .*allowed: bytes'):
+    text.tokenizer(str(tmp_path / 'missing.model'))
+
+
+class _Model:
+  vocab_size, num_classes = 260, 2
+
+
+def test_any_tfds_text_dataset_and_catalog_errors(built, tmp_path):
+  d, _ = built
+  inputs.check(_lm_config(data_dir=d), _Model)  # A TFDS text dataset in a data_dir.
+  with pytest.raises(ValueError, match=r"^data.text_key: got 'body'; allowed: .*text"):
+    inputs.check(_lm_config(data_dir=d, text_key='body'), _Model)
+  with pytest.raises(ValueError, match=r'^data.eval_split: '):
+    inputs.check(_lm_config(data_dir=d, eval_split='dev'), _Model)
+  for name in ('lm1b', 'pg19', 'wiki40b/en', 'c4/en'):
+    with pytest.raises(ValueError) as e:
+      inputs.check(_lm_config(name=name, data_dir=str(tmp_path)), _Model)
+    msg = str(e.value)
+    assert msg.startswith(f'data.name: no {name} under') and '\n' not in msg
+    assert f'tfds build {name} --data_dir={tmp_path} --file_format=array_record' in msg
+  assert inputs.text_key(_lm_config(name='pg19')) == 'book_text'
+
+
+def _as_catalog(built_dir, data_dir, name, version):
+  """Rewrites a local_text build as TFDS stores catalog dataset ``name``
+  (``DIR/name/version/name-split.array_record-...``, a ``text`` feature)."""
+  src = os.path.join(built_dir, 'local_text', 'full', '1.0.0')
+  dst = os.path.join(data_dir, name, version)
+  os.makedirs(dst)
+  for f in os.listdir(src):
+    data = open(os.path.join(src, f), 'rb').read()
+    if f == 'dataset_info.json':
+      info = json.loads(data)
+      info.update(name=name, version=version, moduleName='tensorflow_datasets.datasets')
+      info.pop('configName')
+      data = json.dumps(info).encode()
+    open(os.path.join(dst, f.replace('local_text', name)), 'wb').write(data)
+
+
+def test_catalog_names_read_from_prepared_files_alone(built, tmp_path):
+  """A catalog dataset is read from its prepared files (no builder code, no download)."""
+  d, ref = built
+  _as_catalog(d, str(tmp_path), 'lm1b', '1.1.0')
+  c = _lm_config(name='lm1b', data_dir=str(tmp_path))
+  inputs.check(c, _Model)
+  src = inputs.source(c)
+  assert src['train'][0]['text'] == ref['train'][0]['text']
+  it = inputs.train_iterator(ml_collections.ConfigDict(dict(
+      c.to_dict(), seq_len=16, batch_size=2, seed=0)))
+  assert next(it)['inputs'].shape == (2, 16)
