@@ -19,11 +19,14 @@ names, sizes and modification times (``$POSJAX_CACHE_DIR``, default
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 import sysconfig
 import uuid
 import zlib
@@ -199,8 +202,11 @@ def local_text_dir(path: str = '', size: str = 'full') -> str:
   if not os.path.isdir(final):
     tmp = f'{final}.tmp-{uuid.uuid4().hex}'
     tfds.disable_progress_bar()
-    LocalText(config=size, data_dir=tmp, path=path, file_format='array_record'
-              ).download_and_prepare()
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS's "Downloading and preparing".
+      LocalText(config=size, data_dir=tmp, path=path, file_format='array_record'
+                ).download_and_prepare()
+    sys.stderr.write(f'local_text: {len(files)} files of {path or "the standard library"} '
+                     f'-> {final}\n')
     try:
       os.rename(tmp, final)
     except OSError:  # Another process finished first.
