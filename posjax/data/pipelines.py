@@ -154,11 +154,12 @@ def classification_dataset(source: Sequence, *, tokenize: Tokenize, max_length: 
 def classification_train(source: Sequence, *, tokenize: Tokenize, max_length: int,
                          batch_size: int, seed: int, process_index: int = 0,
                          process_count: int = 1, cls_id: Optional[int] = None):
-  """Checkpointable iterator of ``{'inputs': int32[B, L], 'label': int32[B]}``."""
-  return iter(classification_dataset(
+  """Checkpointable iterator of ``{'inputs': int32[B, L], 'label': int32[B]}``,
+  prefetching a few batches in background threads."""
+  ds = classification_dataset(
       source, tokenize=tokenize, max_length=max_length, batch_size=batch_size,
-      seed=seed, process_index=process_index, process_count=process_count,
-      cls_id=cls_id))
+      seed=seed, process_index=process_index, process_count=process_count, cls_id=cls_id)
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)))
 
 
 def _shard_indices(n: int, batch_size: int, process_index: int, process_count: int
