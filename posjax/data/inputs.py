@@ -50,7 +50,7 @@ CLASSIFICATION = {
 }
 MATCHING = {'lra_retrieval': Classification(_lra('retrieval_example'), _BYTES, 2)}
 SEQUENCE = tuple(builders.SYNTHETIC_BUILDERS)
-# TFDS catalog LM datasets: the feature holding the text, and how to get them.
+# TFDS catalog LM datasets: the feature holding the text.
 LM_CATALOG = {'lm1b': 'text', 'pg19': 'book_text', 'wiki40b': 'text', 'c4': 'text'}
 
 
@@ -167,7 +167,7 @@ def eval_sets(config, process_index: int = 0, process_count: int = 1) -> dict:
   limit = config.eval_batch_size * config.num_eval_batches
   if task == 'sequence':
     return pipelines.sequence_eval(src['test'], max_examples_per_length=limit, **shard)
-  split = 'validation' if 'validation' in src else 'test'
+  split = _eval_split(config, src)
   return {split: pipelines.classification_eval(
       src[split], max_length=config.seq_len, max_examples=limit,
       **_classify(config), **shard)}
