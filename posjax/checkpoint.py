@@ -17,7 +17,6 @@ import collections
 import json
 import logging as std_logging
 import os
-import signal
 import sys
 
 from absl import logging
@@ -228,27 +227,3 @@ def load_for_analysis(workdir: str, step: int | None = None) -> Analysis:
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
   return Analysis(config=config, params=params, step=step)
-
-
-class PreemptionFlag:
-  """Set by SIGTERM; the train loop checkpoints and exits 0 when it sees it."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread: no signal handling.
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-    return False

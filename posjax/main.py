@@ -87,11 +87,11 @@ def main(argv):
 
 def run_job(config, workdir: str | None):
   """Validates, trains and reports: everything after flag parsing."""
-  from posjax import checkpoint, train
+  from posjax import checkpoint, distributed, train
   if not workdir:
     _fail(f'--workdir: required; allowed: {_USAGE}', 2)
   try:
-    train.maybe_initialize_distributed(config)
+    distributed.maybe_initialize(config)
     train.validate_config(config)
     checkpoint.check_resumable(workdir, config)
   except (ValueError, KeyError, AttributeError, TypeError) as e:

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from posjax import checkpoint
+from posjax import distributed
 from posjax import sharding
 from posjax import tasks
 from posjax.data import inputs
@@ -34,14 +35,6 @@ SCHEDULES = ('cosine', 'rsqrt')
 
 # ----------------------------------------------------------------------------
 # Validation (before anything is written).
-
-def maybe_initialize_distributed(config) -> None:
-  """``jax.distributed.initialize()`` for multi-process runs."""
-  wanted = config.get('multihost', False) or any(
-      os.environ.get(v) for v in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES'))
-  if wanted and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
-
 
 def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
   """big_vision-style config argument: ``'posenc=alibi,size=small,runlocal'``."""
@@ -348,7 +341,7 @@ def _progress(step: int, total: int, metrics: dict[str, float]):
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains ``config``'s language model, writing everything under ``workdir``."""
-  maybe_initialize_distributed(config)
+  distributed.maybe_initialize(config)
   mcfg = validate_config(config)
   checkpoint.check_resumable(workdir, config)
   trainer = Trainer(config, mcfg)
@@ -399,7 +392,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       window, last_log = [], now
 
   try:
-    with checkpoint.PreemptionFlag() as preempt:
+    with distributed.Preemption(mngr) as preempt:
       for step in range(start + 1, total + 1):  # ``step`` = steps done after it.
         batch = next(data_iter)
         state, metrics = trainer.train_step(state, batch)
@@ -415,12 +408,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           if jax.process_index() == 0:
             sys.stderr.write(f'\nstep {step} eval: ' + '  '.join(
                 f'loss@{l} {ev[f"eval/loss@{l}"]:.4f}' for l in eval_sets) + '\n')
-        if step % config.checkpoint_every_steps == 0 or step == total or preempt.requested:
+        stop = preempt.reached(step)
+        if step % config.checkpoint_every_steps == 0 or step == total or stop:
           if pending is not None:
             consume(*pending)
             pending = None
           checkpoint.save(mngr, step, state, data_iter)
-        if preempt.requested:
+        if stop:
           logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
           writer.close()
           mngr.close()
