@@ -18,7 +18,7 @@ Arguments (comma-separated, ``key=value`` or a bare flag):
 """
 import ml_collections
 
-from posjax import train
+from posjax import config_lib
 
 SIZES = {  # num_layers, num_heads, model_dim, mlp_dim
     'tiny': (2, 4, 64, 256),
@@ -28,10 +28,10 @@ SIZES = {  # num_layers, num_heads, model_dim, mlp_dim
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  arg = train.parse_arg(arg, posenc='rope', size='small', runlocal=False)
+  arg = config_lib.parse_arg(arg, posenc='rope', size='small', runlocal=False)
   if arg.size not in SIZES:
     raise ValueError(f'size: got {arg.size!r}; allowed: {", ".join(SIZES)}')
-  c = train.base_config(arg.posenc)
+  c = config_lib.base_config(arg.posenc)
   c.task = 'lm'
   # Data (posjax.data.inputs): local_text over ``path`` ('' = the Python standard
   # library, built into a cache on first use) or a TFDS name in ``data_dir``;
@@ -41,7 +41,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       name='local_text', path='', data_dir='', size='full', text_key='', eval_split='',
       tokenizer='bytes', shuffle_window=1024))
   c.seq_len = 512
-  c.eval_lengths = [512, 1024, 2048]  # Longer than training: extrapolation.
+  c.eval_lengths = (512, 1024, 2048)  # Longer than training: extrapolation.
   layers, heads, dim, mlp = SIZES[arg.size]
   c.model.update(num_layers=layers, num_heads=heads, model_dim=dim, mlp_dim=mlp,
                  max_len=c.seq_len)
@@ -55,7 +55,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.eval_batch_size = 16
     c.num_eval_batches = 2
     c.seq_len = 128
-    c.eval_lengths = [128, 256, 512]
+    c.eval_lengths = (128, 256, 512)
     c.warmup_steps = 20
     c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
     c.model.update(num_layers=2, num_heads=4, model_dim=128, mlp_dim=256,

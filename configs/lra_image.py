@@ -13,13 +13,13 @@ baseline encoding is ``learned`` (the default here). Differences: posjax has no
 separate attention dropout (LRA: 0.2) and its cosine ends at 0.1x the peak
 (LRA: 0). Arguments: posenc=<name>, size, runlocal.
 """
-from posjax import config_lib, train
+from posjax import config_lib
 
 TRAIN_EXAMPLES = 45_000
 
 
 def get_config(arg: str = ''):
-  arg = train.parse_arg(arg, posenc='learned', size='full', runlocal=False)
+  arg = config_lib.parse_arg(arg, posenc='learned', size='full', runlocal=False)
   epoch = TRAIN_EXAMPLES // 256
   c = config_lib.lra(
       arg, data='lra_image', num_classes=10, vocab_size=258, seq_len=1024, batch_size=256,

@@ -11,11 +11,11 @@ the schedule ``0.05 * linear_warmup(1000) * rsqrt_decay``, i.e. a peak of
 0.05 / sqrt(1000). Arguments: posenc=<name>, size=tiny|small|full (the dataset
 build), runlocal.
 """
-from posjax import config_lib, train
+from posjax import config_lib
 
 
 def get_config(arg: str = ''):
-  arg = train.parse_arg(arg, posenc='rope', size='full', runlocal=False)
+  arg = config_lib.parse_arg(arg, posenc='rope', size='full', runlocal=False)
   return config_lib.lra(
       arg, data='listops', num_classes=10, vocab_size=20, seq_len=2000, batch_size=32,
       num_train_steps=5_000, warmup_steps=1_000, eval_every_steps=500, eval_examples=2_000,

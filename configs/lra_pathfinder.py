@@ -11,14 +11,14 @@ warmup then cosine decay over 200 epochs of 160k images, no weight decay. One
 difference: LRA's qkv width is 64 (head dim 16); posjax's head dim is
 model_dim / num_heads = 32. Arguments: posenc=<name>, res=32|128, size, runlocal.
 """
-from posjax import config_lib, train
+from posjax import config_lib
 
 TRAIN_EXAMPLES = 160_000
 
 
 def get_config(arg: str = ''):
-  arg = train.parse_arg(arg, posenc='rope_2d', res='32', size='full', runlocal=False)
-  res = int(arg.res)
+  arg = config_lib.parse_arg(arg, posenc='rope_2d', res=32, size='full', runlocal=False)
+  res = arg.res
   epoch = TRAIN_EXAMPLES // 512
   c = config_lib.lra(
       arg, data=f'pathfinder{res}', num_classes=2, vocab_size=258, seq_len=res * res,

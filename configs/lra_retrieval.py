@@ -15,11 +15,11 @@ rsqrt_decay`` (the warmup is longer than training, as in LRA, so the rate
 rises linearly to 0.05 * 5000 / 8000 / sqrt(8000)). Arguments: posenc=<name>,
 size, runlocal.
 """
-from posjax import config_lib, train
+from posjax import config_lib
 
 
 def get_config(arg: str = ''):
-  arg = train.parse_arg(arg, posenc='rope', size='full', runlocal=False)
+  arg = config_lib.parse_arg(arg, posenc='rope', size='full', runlocal=False)
   return config_lib.lra(
       arg, data='lra_retrieval', task='matching', num_classes=2, vocab_size=258,
       seq_len=4000, batch_size=32, num_train_steps=5_000, warmup_steps=8_000,

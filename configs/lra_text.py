@@ -13,11 +13,11 @@ batch 32, 20k steps, weight decay 0.1, no gradient clipping, schedule
 test split, as LRA's (IMDB has no validation split). Arguments: posenc=<name>,
 size=tiny|small|full (the dataset build), runlocal.
 """
-from posjax import config_lib, train
+from posjax import config_lib
 
 
 def get_config(arg: str = ''):
-  arg = train.parse_arg(arg, posenc='rope', size='full', runlocal=False)
+  arg = config_lib.parse_arg(arg, posenc='rope', size='full', runlocal=False)
   return config_lib.lra(
       arg, data='lra_text', num_classes=2, vocab_size=258, seq_len=4000, batch_size=32,
       num_train_steps=20_000, warmup_steps=8_000, eval_every_steps=1_000,

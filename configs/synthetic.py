@@ -11,16 +11,16 @@ defaults are posjax's choice (5 layers, 256 dims, 8 heads), not a paper's.
 Arguments: task=<name>, posenc=<name>, size=tiny|small|full, randomized (Ruoss et
 al.'s randomized positions with max_random_position=2048), runlocal.
 """
-from posjax import encodings, train
+from posjax import config_lib
 from posjax.data import synthetic
 
 
 def get_config(arg: str = ''):
-  arg = train.parse_arg(arg, task='reverse_string', posenc='rope', size='full',
-                        randomized=False, runlocal=False)
+  arg = config_lib.parse_arg(arg, task='reverse_string', posenc='rope', size='full',
+                             randomized=False, runlocal=False)
   if arg.task not in synthetic.TASKS:
     raise ValueError(f'task: got {arg.task!r}; allowed: {", ".join(synthetic.TASKS)}')
-  c = train.base_config(arg.posenc)
+  c = config_lib.base_config(arg.posenc)
   c.task = 'sequence'
   c.data = dict(name=arg.task, size=arg.size, data_dir='')
   c.num_train_steps, c.warmup_steps = 100_000, 1_000
@@ -30,9 +30,9 @@ def get_config(arg: str = ''):
   c.learning_rate = 1e-4
   c.model.update(vocab_size=synthetic.VOCAB_SIZE, num_layers=5, num_heads=8,
                  model_dim=256, mlp_dim=1024, max_len=c.seq_len, dtype='float32',
-                 randomized_positions=bool(arg.randomized), max_random_position=2048)
+                 randomized_positions=arg.randomized, max_random_position=2048)
   if arg.runlocal:
-    train.runlocal(c)
+    config_lib.runlocal(c)
     c.seq_len = c.model.max_len = 128
     c.model.update(num_layers=2, num_heads=4, model_dim=64, mlp_dim=128,
                    max_random_position=256)
@@ -40,4 +40,5 @@ def get_config(arg: str = ''):
 
 
 def sweep():
+  from posjax import encodings
   return [{'model.posenc': name} for name in encodings.names()]

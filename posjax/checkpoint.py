@@ -178,14 +178,22 @@ def _flat(d, prefix=''):
   return {prefix[:-1]: d}
 
 
-def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the differing fields when ``workdir`` holds
-  checkpoints of an incompatible experiment (before anything is written)."""
+def _latest_step_on_disk(ckpts: str) -> int | None:
+  steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
+  return max(steps, default=None)
+
+
+def check_resumable(workdir: str, config: ml_collections.ConfigDict):
+  """The saved config of ``workdir``'s checkpoints (None without any), after
+  checking that ``config`` can resume them: ValueError naming the differing
+  fields for another experiment, or a ``num_train_steps`` below the latest
+  checkpoint's step. Writes nothing."""
   path, ckpts = os.path.join(workdir, CONFIG_FILE), checkpoint_dir(workdir)
-  if not (os.path.exists(path) and os.path.isdir(ckpts) and os.listdir(ckpts)):
-    return
-  with open(path) as f:
-    saved = _flat({k: v for k, v in json.load(f).items() if k in RESUME_FIELDS})
+  latest = _latest_step_on_disk(ckpts)
+  if not os.path.exists(path) or latest is None:
+    return None
+  saved_config = load_config(workdir)
+  saved = _flat({k: v for k, v in saved_config.to_dict().items() if k in RESUME_FIELDS})
   now = _flat({k: v for k, v in json.loads(config.to_json_best_effort()).items()
                if k in RESUME_FIELDS})
   diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -194,6 +202,10 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'workdir: {workdir} holds checkpoints of a different experiment; '
                      f'differing fields: {shown}{" ..." if len(diff) > 6 else ""}; '
                      'allowed: the same config, or a new workdir')
+  if config.num_train_steps < latest:
+    raise ValueError(f'num_train_steps: got {config.num_train_steps}; allowed: >= {latest}, '
+                     f'the step of the latest checkpoint in {workdir} (or a new workdir)')
+  return saved_config
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

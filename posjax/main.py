@@ -3,6 +3,10 @@
 Kept thin: all logic lives in ``posjax.train`` (importable from a notebook).
 Every command-line or config mistake ends as one line ``error: <field>: ...;
 allowed: ...`` on stderr with exit code 2, before anything is written.
+``--config.model.posenc_args.<key>[.<key>...]=<value>`` may name keys the config
+file does not have (each encoding has its own): those flags are taken out of argv
+before absl parses it and applied to the loaded config by
+``config_lib.apply_overrides``.
 """
 import os
 import re
@@ -13,10 +17,13 @@ from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
+from posjax import config_lib
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and logs go.')
 _USAGE = '--config=<file>.py[:<args>], --config.<field>=<value>, --workdir=<dir>'
+_POSENC_ARG = re.compile(r'--?config\.(model\.posenc_args\.[\w.]+)(?:=(.*))?', re.S)
 
 
 def _fail(message: str, code: int):
@@ -62,13 +69,53 @@ def flag_error(e: Exception, argv) -> str:
   return f'--config: {type(e).__name__}: {text}; allowed: {_USAGE}'
 
 
+def split_posenc_args(argv) -> tuple[list[str], dict[str, str]]:
+  """``argv`` less its ``--config.model.posenc_args.<key...>=<value>`` flags, and
+  those as ``{'model.posenc_args.<key...>': value}`` (a bare flag is 'true')."""
+  rest, overrides = [], {}
+  for i, arg in enumerate(argv):
+    if arg == '--':  # Positional arguments follow.
+      return rest + list(argv[i:]), overrides
+    if m := _POSENC_ARG.fullmatch(arg):
+      overrides[m.group(1)] = 'true' if m.group(2) is None else m.group(2)
+    else:
+      rest.append(arg)
+  return rest, overrides
+
+
 def parse_flags(argv):
-  """absl flag parsing whose every failure is a one-line exit-2 error."""
+  """absl flag parsing whose every failure is a one-line exit-2 error; then the
+  posenc_args flags are applied to ``flags.FLAGS['config'].value``."""
+  argv, posenc_args = split_posenc_args(argv)
+  for name in [n for n in flags.FLAGS if n.startswith('config.')]:
+    delattr(flags.FLAGS, name)  # A previous parse's overrides (re-entrant in tests).
+  saved, sys.argv = sys.argv, argv  # config_flags reads --config.* from sys.argv.
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, ImportError,
           OSError, SyntaxError) as e:
     _fail(flag_error(e, argv), 2)
+  finally:
+    sys.argv = saved
+  if posenc_args:
+    try:
+      config_lib.apply_overrides(loaded_config(), posenc_args)
+    except ValueError as e:
+      _fail(f'--config.{e}', 2)
+  return rest
+
+
+def loaded_config():
+  """The parsed ``--config``; a file that failed to load is a one-line exit 2."""
+  config = _CONFIG.value
+  if config is None:
+    _fail(f'--config: required; allowed: {_USAGE}', 2)
+  try:
+    config.keys()  # A config file that failed to load raises here.
+  except OSError as e:
+    _fail(f'--config: {str(e).strip().splitlines()[-1].strip()}; allowed: a config '
+          'file such as configs/lm.py', 2)
+  return config
 
 
 def main(argv):
@@ -76,29 +123,17 @@ def main(argv):
     _fail(f'arguments: unexpected {argv[1:]}; allowed: {_USAGE}', 2)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  config = _CONFIG.value
-  try:
-    config.keys()  # A config file that failed to load raises here.
-  except OSError as e:
-    _fail(f'--config: {str(e).strip().splitlines()[-1].strip()}; allowed: a config '
-          'file such as configs/lm.py', 2)
-  run_job(config, _WORKDIR.value)
+  run_job(loaded_config(), _WORKDIR.value)
 
 
 def run_job(config, workdir: str | None):
   """Validates, trains and reports: everything after flag parsing."""
-  from posjax import checkpoint, distributed, train
+  from posjax import checkpoint, train
   if not workdir:
     _fail(f'--workdir: required; allowed: {_USAGE}', 2)
   try:
-    distributed.maybe_initialize(config)
-    train.validate_config(config)
-    checkpoint.check_resumable(workdir, config)
-  except (ValueError, KeyError, AttributeError, TypeError) as e:
-    _fail(str(e).strip('"\''), 2)
-  try:
-    final = train.train_and_evaluate(config, workdir)
-  except train.InputError as e:
+    final = train.train_and_evaluate(config, workdir)  # Validates once, first.
+  except (train.ConfigError, train.InputError) as e:
     _fail(str(e), 2)
   except (FloatingPointError, checkpoint.UnreadableCheckpointError) as e:
     _fail(str(e), 1)

@@ -19,8 +19,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from posjax import checkpoint, main, models, train
-from posjax.data import inputs
+from posjax import checkpoint, main, models, tasks, train
+from posjax.trainer import Trainer
+
 from posjax.encodings import registry
 from posjax.models import attention
 
@@ -28,8 +29,7 @@ from test_train import ROOT, tiny_config
 
 # The crash tests' experiment: test_train's resume run (the two files share its
 # compiled programs) with a checkpoint after every step, as a config file that the
-# CLI and the in-process reference both load (the command line cannot set a list
-# such as eval_lengths).
+# CLI and the in-process reference both load.
 N = 4
 CRASH = dict(num_train_steps=N, checkpoint_every_steps=1, eval_every_steps=N)
 CONFIG_FILE = """import importlib.util
@@ -132,12 +132,12 @@ def saved(corpus, tmp_path_factory):
   """A workdir with steps N-2, N-1, N (no training: a 1-device initial state,
   saved with its ``step`` set to the step number) and the config."""
   cfg = tiny_config(corpus, mesh={'data': 1, 'fsdp': 1, 'tensor': 1})
-  trainer = train.Trainer(cfg, devices=jax.devices()[:1])
+  trainer = Trainer(cfg, devices=jax.devices()[:1])
   workdir = str(tmp_path_factory.mktemp('saved'))
   checkpoint.save_config(workdir, cfg)
   mngr, state = checkpoint.manager(workdir, cfg), trainer.init_state()
   for s in (N - 2, N - 1, N):
-    checkpoint.save(mngr, s, dict(state, step=jnp.int32(s)), inputs.train_iterator(cfg))
+    checkpoint.save(mngr, s, dict(state, step=jnp.int32(s)), tasks.for_config(cfg).train_iterator())
   mngr.close()
   return cfg, trainer, workdir
 
@@ -161,7 +161,7 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(saved, tmp_path,
   with caplog.at_level(logging.WARNING):  # Analysis reads only params.
     assert checkpoint.load_for_analysis(workdir).step == N - (damage != 'missing_item')
     mngr = checkpoint.manager(workdir, cfg)
-    state, step = checkpoint.restore(mngr, trainer.abstract_state, inputs.train_iterator(cfg))
+    state, step = checkpoint.restore(mngr, trainer.abstract_state, tasks.for_config(cfg).train_iterator())
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert step == N - 1 and int(state['step']) == N - 1
   assert any(w.startswith(f'checkpoint step {N} in ') and 'unreadable' in w
@@ -202,6 +202,9 @@ BAD_LM = {  # case: (overrides, the field the message starts with)
     'seq_len_zero': ({'seq_len': 0}, 'seq_len'),
     'max_len_negative': ({'model.max_len': -1}, 'model.max_len'),
     'eval_length_zero': ({'eval_lengths': [16, 0]}, 'eval_lengths'),
+    'eval_length_not_int': ({'eval_lengths': ('128,abc',)}, 'eval_lengths'),
+    'grad_clip_nan': ({'grad_clip': float('nan')}, 'grad_clip'),
+    'learning_rate_inf': ({'learning_rate': float('inf')}, 'learning_rate'),
     'num_train_steps_zero': ({'num_train_steps': 0}, 'num_train_steps'),
     'learning_rate_negative': ({'learning_rate': -1e-3}, 'learning_rate'),
     'block_size_zero': ({'model.attention': 'blockwise', 'model.block_size': 0},
@@ -276,8 +279,6 @@ FLAG_MISTAKES = {  # argv after --workdir: the flag the message starts with
                              '--config.model.posencc'),
     'bad_value_type': (['--config=configs/lm.py', '--config.num_train_steps=abc'],
                        '--config.num_train_steps'),
-    'list_field': (['--config=configs/lm.py', '--config.eval_lengths=(16,)'],
-                   '--config.eval_lengths'),
     'bad_config_argument': (['--config=configs/lm.py:size=huge'], '--config'),
     'missing_config': ([], '--config'),
 }

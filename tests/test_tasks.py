@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from posjax import checkpoint, main
+from posjax import checkpoint, main, tasks
 from posjax.data import builders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,11 +91,81 @@ def test_retrieval_matching_trains(tmp_path, capsys):
 def test_every_config_is_consistent(name, arg):
   """Model kind matches the task, the model config parses, the schedule is valid,
   and sweep() names registered encodings."""
-  from posjax import encodings, models, tasks, train
+  from posjax import encodings, models, optim, tasks
   c = config(name, arg)
   mcfg = models.ModelConfig.from_config(c.model)
   assert mcfg.kind == tasks.for_config(c).model_kind
   assert c.seq_len <= mcfg.max_len and c.num_eval_batches > 0
-  assert float(train.make_schedule(c)(c.num_train_steps // 2)) > 0
+  assert float(optim.make_schedule(c)(c.num_train_steps // 2)) > 0
   mod = _module(name)
   assert mod.sweep() and all(s['model.posenc'] in encodings.names() for s in mod.sweep())
+
+
+class _Copy(tasks.Task):
+  """A task made in the test: copy the previous token (in-memory data)."""
+  name = 'copy_previous'
+  model_kind = 'decoder'
+
+  def check(self, mcfg):
+    self.check_vocab(mcfg, 16)
+
+  def _batches(self, n, seed):
+    import grain
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    L = self.config.seq_len
+    rows = []
+    for _ in range(n):
+      x = rng.integers(4, 16, L + 1).astype(np.int32)
+      rows.append({'inputs': x[1:], 'targets': x[:-1], 'positions': np.arange(L, dtype=np.int32),
+                   'segment_ids': np.ones(L, np.int32), 'weights': np.ones(L, np.float32)})
+    return grain.MapDataset.source(rows).repeat().batch(self.config.batch_size)
+
+  def train_iterator(self, process_index=0, process_count=1):
+    return iter(self._batches(64, 0).to_iter_dataset())
+
+  def eval_sets(self, process_index=0, process_count=1):
+    it = iter(self._batches(8, 1))
+    return {'copy': [next(it)]}
+
+
+def test_a_new_task_is_one_class_and_one_registry_entry(corpus, tmp_path, monkeypatch):
+  """The trainer, validation and checkpointing run a task they have never seen,
+  validating once and opening no data source of their own."""
+  from posjax import train, validation
+  from posjax.data import inputs
+  monkeypatch.setitem(tasks._REGISTRY, _Copy.name, _Copy)
+  calls = {'validate': 0, 'source': 0}
+  real_validate, real_source = validation.validate, inputs.source
+  def count(name, fn):
+    def wrapped(*a, **k):
+      calls[name] += 1
+      return fn(*a, **k)
+    return wrapped
+  monkeypatch.setattr(validation, 'validate', count('validate', real_validate))
+  monkeypatch.setattr(inputs, 'source', count('source', real_source))
+  c = config('lm', 'runlocal')
+  c.task, c.seq_len, c.batch_size, c.eval_batch_size = 'copy_previous', 8, 8, 8
+  c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
+  c.warmup_steps = 1
+  c.model.update(num_layers=1, model_dim=32, mlp_dim=64, num_heads=2, max_len=8)
+  main.run_job(c, str(tmp_path / 'run'))
+  rows = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
+  assert 'eval/accuracy@copy' in rows[-1] and 'eval/perplexity@copy' not in rows[-1]
+  assert calls == {'validate': 1, 'source': 0}
+  assert checkpoint.load_for_analysis(str(tmp_path / 'run')).step == 2
+
+
+def test_the_lm_task_opens_its_corpus_once(corpus, tmp_path, monkeypatch):
+  from posjax.data import inputs
+  calls = []
+  real = inputs.source
+  monkeypatch.setattr(inputs, 'source', lambda c: calls.append(1) or real(c))
+  c = config('lm', 'runlocal')
+  c.data.path = corpus
+  c.seq_len, c.eval_lengths, c.batch_size, c.eval_batch_size = 16, (16,), 8, 8
+  c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 1
+  c.warmup_steps = 0
+  c.model.update(num_layers=1, model_dim=32, mlp_dim=64, num_heads=2, max_len=16)
+  main.run_job(c, str(tmp_path / 'run'))
+  assert len(calls) == 1

@@ -146,8 +146,8 @@ def test_sentencepiece_tokenizer_trains_and_sets_the_lm_unit(corpus, built, tmp_
   ids = tok.encode(b'def x return')
   assert ids.min() >= text.SPECIALS and tok.decode(ids) == b'def x return'
   c = _lm_config(data_dir=d, tokenizer=path)
-  it = inputs.train_iterator(ml_collections.ConfigDict(dict(
-      c.to_dict(), seq_len=16, batch_size=2, seed=0)))
+  it = tasks.for_config(ml_collections.ConfigDict(dict(
+      c.to_dict(), seq_len=16, batch_size=2, seed=0))).train_iterator()
   assert next(it)['inputs'].max() < tok.vocab_size
   assert tasks.for_config(c).unit == 'token' and tasks.for_config(_lm_config()).unit == 'byte'
   with pytest.raises(ValueError, match=r'^data.tokenizer: .*allowed: bytes'):
@@ -155,19 +155,26 @@ def test_sentencepiece_tokenizer_trains_and_sets_the_lm_unit(corpus, built, tmp_
 
 
 class _Model:
-  vocab_size, num_classes = 260, 2
+  vocab_size, num_classes, max_len = 260, 2, 512
+  encoding_class = type('Unbounded', (), {'bounded_by_max_len': False})
+
+
+def _check(c):
+  with c.unlocked():
+    c.eval_lengths = (16,)
+  tasks.for_config(c).check(_Model)
 
 
 def test_any_tfds_text_dataset_and_catalog_errors(built, tmp_path):
   d, _ = built
-  inputs.check(_lm_config(data_dir=d), _Model)  # A TFDS text dataset in a data_dir.
+  _check(_lm_config(data_dir=d))  # A TFDS text dataset in a data_dir.
   with pytest.raises(ValueError, match=r"^data.text_key: got 'body'; allowed: .*text"):
-    inputs.check(_lm_config(data_dir=d, text_key='body'), _Model)
+    _check(_lm_config(data_dir=d, text_key='body'))
   with pytest.raises(ValueError, match=r'^data.eval_split: '):
-    inputs.check(_lm_config(data_dir=d, eval_split='dev'), _Model)
+    _check(_lm_config(data_dir=d, eval_split='dev'))
   for name in ('lm1b', 'pg19', 'wiki40b/en', 'c4/en'):
     with pytest.raises(ValueError) as e:
-      inputs.check(_lm_config(name=name, data_dir=str(tmp_path)), _Model)
+      _check(_lm_config(name=name, data_dir=str(tmp_path)))
     msg = str(e.value)
     assert msg.startswith(f'data.name: no {name} under') and '\n' not in msg
     assert f'tfds build {name} --data_dir={tmp_path} --file_format=array_record' in msg
@@ -195,9 +202,9 @@ def test_catalog_names_read_from_prepared_files_alone(built, tmp_path):
   d, ref = built
   _as_catalog(d, str(tmp_path), 'lm1b', '1.1.0')
   c = _lm_config(name='lm1b', data_dir=str(tmp_path))
-  inputs.check(c, _Model)
+  _check(c)
   src = inputs.source(c)
   assert src['train'][0]['text'] == ref['train'][0]['text']
-  it = inputs.train_iterator(ml_collections.ConfigDict(dict(
-      c.to_dict(), seq_len=16, batch_size=2, seed=0)))
+  it = tasks.for_config(ml_collections.ConfigDict(dict(
+      c.to_dict(), seq_len=16, batch_size=2, seed=0))).train_iterator()
   assert next(it)['inputs'].shape == (2, 16)

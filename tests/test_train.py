@@ -12,8 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from posjax import checkpoint, sharding, train
-from posjax.data import inputs
+from posjax import checkpoint, sharding, tasks, train, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,8 +69,8 @@ def _expected_spec(names, rules):
 def reference(corpus):
   """Two steps on one device: the batches, the losses and the final params."""
   cfg = tiny_config(corpus, mesh={'data': 1, 'fsdp': 1, 'tensor': 1})
-  one = train.Trainer(cfg, devices=jax.devices('cpu')[:1])
-  it = inputs.train_iterator(cfg)
+  one = trainer.Trainer(cfg, devices=jax.devices('cpu')[:1])
+  it = tasks.for_config(cfg).train_iterator()
   batches = [next(it) for _ in range(2)]
   state, losses = one.init_state(), []
   for b in batches:
@@ -85,11 +84,11 @@ def test_sharded_steps_match_single_device(corpus, reference, shape):
   cpus = jax.devices('cpu')
   assert len(cpus) == 8, 'conftest must fake 8 CPU devices'
   cfg = tiny_config(corpus, mesh=dict(zip(sharding.MESH_AXES, shape)))
-  many = train.Trainer(cfg, devices=cpus)
+  many = trainer.Trainer(cfg, devices=cpus)
 
   # Parameter shardings follow the rules.
   boxed = jax.eval_shape(
-      lambda r: train._boxed_init(many.model, many.tx, many.task, cfg, r), many.rng)['params']
+      lambda r: trainer._boxed_init(many.model, many.tx, many.task, cfg, r), many.rng)['params']
   leaves = jax.tree.leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   specs = jax.tree.leaves(many.state_shardings['params'])
   assert len(specs) == len(leaves)
@@ -152,7 +151,7 @@ def test_resume_is_bit_identical_and_loads_for_analysis(corpus, tmp_path):
 
 
 def _patch_step(monkeypatch, at_call, action):
-  real = train.Trainer.train_step
+  real = trainer.Trainer.train_step
   calls = []
   def step(self, state, batch):
     calls.append(1)
@@ -160,7 +159,7 @@ def _patch_step(monkeypatch, at_call, action):
     if len(calls) == at_call:
       metrics = action(metrics)
     return state, metrics
-  monkeypatch.setattr(train.Trainer, 'train_step', step)
+  monkeypatch.setattr(trainer.Trainer, 'train_step', step)
 
 
 def test_sigterm_checkpoints_and_exits_zero(corpus, tmp_path, monkeypatch):
@@ -181,3 +180,47 @@ def test_nan_loss_stops_naming_the_step(corpus, tmp_path, monkeypatch):
   _patch_step(monkeypatch, 3, lambda m: {**m, 'loss': m['loss'] * np.nan})
   with pytest.raises(FloatingPointError, match=r'^step 3: loss is nan'):
     train.train_and_evaluate(cfg, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# Extending a run, the schedule it keeps, profiling.
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(l) for l in f]
+
+
+def test_extended_run_keeps_its_schedule_and_fewer_steps_are_refused(corpus, tmp_path):
+  cfg = tiny_config(corpus, num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(cfg, workdir)
+  assert json.load(open(os.path.join(workdir, 'config.json')))['schedule_steps'] == 4
+  longer = tiny_config(corpus, num_train_steps=8, checkpoint_every_steps=2, eval_every_steps=4)
+  train.train_and_evaluate(longer, workdir)
+  lr = {r['step']: r['train/learning_rate'] for r in _rows(workdir) if 'train/learning_rate' in r}
+  peak = cfg.learning_rate
+  # The cosine over 4 steps ended at 0.1 * peak; the extension continues there
+  # (a schedule recomputed over 8 steps would jump back up to ~0.55 * peak).
+  assert lr[4] > 0.1 * peak and all(np.isclose(lr[s], 0.1 * peak) for s in (5, 6, 7, 8)), lr
+  assert json.load(open(os.path.join(workdir, 'config.json')))['schedule_steps'] == 4
+  assert checkpoint.load_for_analysis(workdir).step == 8
+
+  before = os.path.getmtime(os.path.join(workdir, 'config.json'))
+  with pytest.raises(train.ConfigError, match=r'^num_train_steps: got 6; allowed: >= 8'):
+    train.train_and_evaluate(tiny_config(corpus, num_train_steps=6), workdir)
+  assert os.path.getmtime(os.path.join(workdir, 'config.json')) == before
+
+  # An explicit new schedule length is used as given.
+  cfg = tiny_config(corpus, num_train_steps=10, schedule_steps=12, eval_every_steps=10)
+  config, _, _ = train.prepare(cfg, workdir)
+  assert config.schedule_steps == 12
+
+
+def test_profile_steps_write_a_trace(corpus, tmp_path):
+  cfg = tiny_config(corpus, num_train_steps=3, profile_steps=(2, 3))
+  train.train_and_evaluate(cfg, str(tmp_path))
+  traces = [f for d, _, fs in os.walk(tmp_path / train.PROFILE_DIR) for f in fs
+            if f.endswith('.xplane.pb')]
+  assert traces
+  with pytest.raises(train.ConfigError, match=r'^profile_steps: got \(2, 9\)'):
+    train.prepare(tiny_config(corpus, num_train_steps=3, profile_steps=(2, 9)), str(tmp_path / 'x'))

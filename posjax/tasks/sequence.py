@@ -1,0 +1,50 @@
+"""``sequence``: a decoder over ``inputs SEP targets`` trained on the answer
+tokens only (synthetic length generalisation, ``posjax.data.synthetic``);
+evaluated at every test length, with sequence accuracy (all answers right)."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from posjax.data import builders, pipelines, synthetic
+from posjax.tasks.base import Task
+
+
+class Sequence(Task):
+  name = 'sequence'
+  model_kind = 'decoder'
+
+  def check(self, mcfg) -> None:
+    names = tuple(builders.SYNTHETIC_BUILDERS)
+    if self.config.data.name not in names:
+      raise ValueError(f'data.name: got {self.config.data.name!r}; allowed: '
+                       f'{", ".join(names)} (for task=sequence)')
+    self.check_vocab(mcfg, synthetic.VOCAB_SIZE)
+    self.source  # A missing dataset says how to build it.
+
+  def train_iterator(self, process_index=0, process_count=1):
+    c = self.config
+    return pipelines.sequence_train(
+        self.source['train'], max_length=c.seq_len, seed=c.seed,
+        **self.shard(c.batch_size, process_index, process_count))
+
+  def eval_sets(self, process_index=0, process_count=1):
+    c = self.config
+    return pipelines.sequence_eval(
+        self.source['test'], max_examples_per_length=c.eval_batch_size * c.num_eval_batches,
+        **self.shard(c.eval_batch_size, process_index, process_count))
+
+  def sums(self, logits, batch):
+    out = super().sums(logits, batch)
+    labels, w = self.labels_and_weights(batch)
+    correct = (jnp.argmax(logits, -1) == labels) * w
+    answered = w.sum(-1) > 0  # A row (one unpacked example) is right if all answers are.
+    out['seq_correct'] = ((correct.sum(-1) == w.sum(-1)) & answered).sum().astype(jnp.float32)
+    out['seq_count'] = answered.sum().astype(jnp.float32)
+    return out
+
+  def summarize(self, sums, suffix=''):
+    out = super().summarize(sums, suffix)
+    if 'seq_count' in sums:
+      out[f'sequence_accuracy{suffix}'] = (float(sums['seq_correct'])
+                                           / max(float(sums['seq_count']), 1.0))
+    return out
