@@ -1,8 +1,10 @@
 """Orbax checkpoints: everything needed to resume, and params for analysis.
 
-A checkpoint step holds three items: ``params``; ``train`` (optimizer state,
-step and rng); ``data`` (the grain iterator's state, one file per process).
-The experiment config is written once as ``<workdir>/config.json``.
+A checkpoint step holds four items: ``params``; ``train`` (optimizer state,
+step and rng); ``data`` (the grain iterator's state, one file per process);
+``config`` (the experiment config that wrote it, which decides whether a rerun
+may resume it). The config is also written as ``<workdir>/config.json``.
+Every finished step gets a checksum manifest (``posjax.integrity``).
 
 Crash safety: Orbax writes each step into a temporary directory and renames it
 when complete, so a run killed mid-save leaves only a ``*.orbax-checkpoint-tmp-*``
@@ -10,6 +12,8 @@ directory, which the next run's manager removes. A step that exists but does not
 restore (truncated or missing files) is skipped with a one-line warning and the
 previous step is used; the skipped steps are moved to
 ``<workdir>/unreadable_checkpoints/`` so the resumed run can save those steps again.
+A step whose files differ from their checksums, or whose restored state holds
+NaN/Inf, counts as unreadable.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from posjax import integrity
 
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'unreadable_checkpoints'
@@ -45,17 +51,28 @@ def manager(workdir: str, config) -> ocp.CheckpointManager:
       checkpoint_dir(workdir), options=options,
       item_handlers={'params': ocp.StandardCheckpointHandler(),
                      'train': ocp.StandardCheckpointHandler(),
-                     'data': grain.checkpoint.CheckpointHandler()})
+                     'data': grain.checkpoint.CheckpointHandler(),
+                     'config': ocp.JsonCheckpointHandler()})
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iter) -> None:
-  """Saves params / optimizer / step / rng / data iterator at ``step``."""
+def _config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iter, config,
+         data_fingerprint: str = '') -> None:
+  """Saves params / optimizer / step / rng / data iterator / config (with the
+  data's fingerprint) at ``step``, then its checksum manifest."""
   train = {k: v for k, v in state.items() if k != 'params'}
   mngr.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(state['params']),
       train=ocp.args.StandardSave(train),
-      data=grain.checkpoint.CheckpointSave(data_iter)), force=True)
+      data=grain.checkpoint.CheckpointSave(data_iter),
+      config=ocp.args.JsonSave({'config': _config_dict(config),
+                                'data_fingerprint': data_fingerprint})), force=True)
   mngr.wait_until_finished()
+  if jax.process_index() == 0:
+    integrity.write_manifest(str(mngr.directory / str(step)))
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -146,17 +163,26 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: dict, data_iter,
   abstract_train = {k: v for k, v in abstract_state.items() if k != 'params'}
 
   def restore_step(s):
+    integrity.verify(str(mngr.directory / str(s)))
     out = mngr.restore(s, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_state['params']),
         train=ocp.args.StandardRestore(abstract_train),
         data=grain.checkpoint.CheckpointRestore(data_iter)))
-    return dict(out['train'], params=out['params'])
+    return _finite(dict(out['train'], params=out['params']))
 
   if step is not None:
     return restore_step(step), step
   state, step, skipped = _newest_readable(mngr, restore_step)
   _set_aside(mngr, skipped)
   return state, step
+
+
+def _finite(state):
+  """``state``, or DamagedCheckpointError naming its first NaN/Inf leaf."""
+  bad = integrity.first_nonfinite(state)
+  if bad is not None:
+    raise integrity.DamagedCheckpointError(f'{bad} holds NaN/Inf')
+  return state
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -190,9 +216,15 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   checkpoint's step. Writes nothing."""
   path, ckpts = os.path.join(workdir, CONFIG_FILE), checkpoint_dir(workdir)
   latest = _latest_step_on_disk(ckpts)
-  if not os.path.exists(path) or latest is None:
+  if latest is None:
     return None
-  saved_config = load_config(workdir)
+  saved_config = _step_config(ckpts, latest)
+  if saved_config is None:  # Steps written before configs were saved with them.
+    if not os.path.exists(path):
+      raise ValueError(f'workdir: {workdir} holds checkpoints but no {CONFIG_FILE} '
+                       'to tell which experiment wrote them; allowed: a workdir with its '
+                       f'{CONFIG_FILE}, or a new workdir')
+    saved_config = load_config(workdir)
   saved = _flat({k: v for k, v in saved_config.to_dict().items() if k in RESUME_FIELDS})
   now = _flat({k: v for k, v in json.loads(config.to_json_best_effort()).items()
                if k in RESUME_FIELDS})
@@ -208,16 +240,49 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   return saved_config
 
 
+def _step_metadata(ckpts: str, step: int) -> dict:
+  """``{'config': ..., 'data_fingerprint': ...}`` saved with ``step`` ({} if none)."""
+  path = os.path.join(ckpts, str(step), 'config', 'metadata')
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _step_config(ckpts: str, step: int) -> ml_collections.ConfigDict | None:
+  """The config saved with ``step`` (None for steps saved without one)."""
+  config = _step_metadata(ckpts, step).get('config')
+  return ml_collections.ConfigDict(config) if isinstance(config, dict) else None
+
+
+def saved_data_fingerprint(workdir: str, step: int) -> str:
+  """The data fingerprint saved with ``step`` ('' if none was)."""
+  return _step_metadata(checkpoint_dir(workdir), step).get('data_fingerprint', '')
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  """``<workdir>/config.json``; ValueError naming the file if it is not one."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      config = json.load(f)
+    if not isinstance(config, dict) or 'model' not in config:
+      raise ValueError('no model field')
+  except ValueError as e:
+    raise ValueError(f'workdir: {path} is not a posjax config ({type(e).__name__}: '
+                     f'{str(e)[:80]}); allowed: the config.json a run wrote (delete it to '
+                     'resume from the configs saved with the checkpoints)') from None
+  return ml_collections.ConfigDict(config)
 
 
 def load_for_analysis(workdir: str, step: int | None = None) -> Analysis:
   """(config, params, step) restored on the CPU, without the optimizer."""
   from posjax import models, tasks  # Late import: keeps this module light.
   import flax.linen as nn
-  config = load_config(workdir)
+  latest = _latest_step_on_disk(checkpoint_dir(workdir))
+  config = ((latest is not None and _step_config(checkpoint_dir(workdir), step or latest))
+            or load_config(workdir))
   model = models.build(models.ModelConfig.from_config(config.model))
   task = tasks.for_config(config)
   args, kwargs = task.model_inputs(task.dummy_batch(min(8, config.seq_len)))
@@ -229,8 +294,10 @@ def load_for_analysis(workdir: str, step: int | None = None) -> Analysis:
   mngr = ocp.CheckpointManager(
       checkpoint_dir(workdir),
       item_handlers={'params': ocp.StandardCheckpointHandler()})
-  restore_step = lambda s: mngr.restore(s, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract)))['params']
+  def restore_step(s):
+    integrity.verify(str(mngr.directory / str(s)), items=('params',))
+    return _finite(mngr.restore(s, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract)))['params'])
   if step is not None:
     params = restore_step(step)
   else:

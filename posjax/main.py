@@ -128,12 +128,12 @@ def main(argv):
 
 def run_job(config, workdir: str | None):
   """Validates, trains and reports: everything after flag parsing."""
-  from posjax import checkpoint, train
+  from posjax import checkpoint, memory, train
   if not workdir:
     _fail(f'--workdir: required; allowed: {_USAGE}', 2)
   try:
     final = train.train_and_evaluate(config, workdir)  # Validates once, first.
-  except (train.ConfigError, train.InputError) as e:
+  except (train.ConfigError, train.InputError, memory.ResourceError) as e:
     _fail(str(e), 2)
   except (FloatingPointError, checkpoint.UnreadableCheckpointError) as e:
     _fail(str(e), 1)

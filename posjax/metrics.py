@@ -10,14 +10,22 @@ import jax
 
 
 class MetricWriter:
-  """TensorBoard event files and ``metrics.jsonl`` in the workdir (process 0)."""
+  """TensorBoard event files and ``metrics.jsonl`` in the workdir (process 0).
 
-  def __init__(self, workdir: str):
+  A run resumed at step ``start`` first cuts ``metrics.jsonl`` back to the
+  complete records of steps <= ``start`` (a crash can leave a partial last
+  line, or records of steps after the checkpoint), and TensorBoard is told to
+  purge events after ``start``, so every metric has one curve.
+  """
+
+  def __init__(self, workdir: str, start: int = 0):
     self.enabled = jax.process_index() == 0
     if self.enabled:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(logdir=workdir)
-      self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      _truncate_after(path, start)
+      self.tb = SummaryWriter(logdir=workdir, purge_step=start + 1 if start else None)
+      self.jsonl = open(path, 'a')
 
   def write(self, step: int, metrics: dict[str, float]):
     if not self.enabled:
@@ -31,6 +39,24 @@ class MetricWriter:
     if self.enabled:
       self.tb.close()
       self.jsonl.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the complete JSON records of ``path`` with a step <= ``step``."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, 'rb') as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:  # A partial line written by a killed run.
+        continue
+      if isinstance(record, dict) and record.get('step', 0) <= step:
+        kept.append(json.dumps(record) + '\n')
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(kept)
+  os.replace(path + '.tmp', path)
 
 
 def progress(step: int, total: int, metrics: dict[str, float]):

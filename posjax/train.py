@@ -21,6 +21,7 @@ import numpy as np
 
 from posjax import checkpoint, distributed, metrics, optim, validation
 from posjax.trainer import Trainer
+from posjax.workdir import Lock, check_usable
 from posjax.validation import ConfigError, InputError  # noqa: F401  (re-exported)
 
 PROFILE_DIR = 'profile'
@@ -37,6 +38,7 @@ def prepare(config, workdir: str):
   """
   mcfg, task = validation.validate(config)
   try:
+    check_usable(workdir)
     saved = checkpoint.check_resumable(workdir, config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -53,6 +55,18 @@ def _pipelines(task):
     return task.train_iterator(pidx, pcount), task.eval_sets(pidx, pcount)
   except ValueError as e:
     raise InputError(str(e)) from None
+
+
+def _iterator_for_changed_data(task, workdir: str, step: int, data_iter):
+  """The restored iterator, or a fresh one (with a one-line warning) when the
+  data changed since ``step`` was saved: the old position means nothing there."""
+  saved = checkpoint.saved_data_fingerprint(workdir, step)
+  if not saved or saved == task.data_fingerprint():
+    return data_iter
+  logging.warning('data: the dataset changed since step %d was saved (fingerprint %s -> %s); '
+                  'the data iterator restarts at the beginning of the new data', step, saved,
+                  task.data_fingerprint())
+  return _pipelines(task)[0]
 
 
 def _say(text: str) -> None:
@@ -86,10 +100,11 @@ class _Profiler:
 class _Loop:
   """The train loop's state and its named helpers (log, evaluate, checkpoint)."""
 
-  def __init__(self, config, trainer: Trainer, mngr, data_iter, eval_sets, workdir: str):
+  def __init__(self, config, trainer: Trainer, mngr, data_iter, eval_sets, workdir: str,
+               start: int):
     self.config, self.trainer, self.mngr = config, trainer, mngr
     self.data_iter, self.eval_sets = data_iter, eval_sets
-    self.writer = metrics.MetricWriter(workdir)
+    self.writer = metrics.MetricWriter(workdir, start)
     self.profiler = _Profiler(config, workdir)
     self.final: dict[str, float] = {}
     self.window: list[dict[str, Any]] = []
@@ -135,7 +150,8 @@ class _Loop:
 
   def checkpoint(self, step: int, state) -> None:
     self.flush()
-    checkpoint.save(self.mngr, step, state, self.data_iter)
+    checkpoint.save(self.mngr, step, state, self.data_iter, self.config,
+                    self.trainer.task.data_fingerprint())
 
   def run(self, state, start: int):
     c, total = self.config, self.config.num_train_steps
@@ -175,6 +191,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   data_iter, eval_sets = _pipelines(task)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  lock = Lock(workdir)
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  try:
+    return _run(config, trainer, data_iter, eval_sets, workdir)
+  finally:
+    lock.release()
+
+
+def _run(config, trainer: Trainer, data_iter, eval_sets, workdir: str) -> dict[str, float]:
+  """Restores (or initialises) the state and runs the loop in the locked workdir."""
   checkpoint.save_config(workdir, config)
   mngr = checkpoint.manager(workdir, config)
   state, start = checkpoint.restore(mngr, trainer.abstract_state, data_iter)
@@ -182,7 +212,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     state, start = trainer.init_state(), 0
   else:
     _say(f'resumed from step {start} ({checkpoint.checkpoint_dir(workdir)})\n')
-  loop = _Loop(config, trainer, mngr, data_iter, eval_sets, workdir)
+    data_iter = _iterator_for_changed_data(trainer.task, workdir, start, data_iter)
+  loop = _Loop(config, trainer, mngr, data_iter, eval_sets, workdir, start)
   try:
     state = loop.run(state, start)
   finally:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from posjax import optim, sharding, tasks
+from posjax import memory, optim, sharding, tasks
 
 
 def _boxed_init(model, tx, task, config, rng):
@@ -89,6 +89,7 @@ class Trainer:
                           grad_accum_steps=config.grad_accum_steps),
         in_shardings=(self.state_shardings, batch_shardings),
         out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+    self._compiled_step = None
     self._eval_step = jax.jit(
         functools.partial(eval_step, model=self.model, task=self.task),
         in_shardings=(self.state_shardings['params'], batch_shardings),
@@ -113,8 +114,13 @@ class Trainer:
             for k, v in local_batch.items()}
 
   def train_step(self, state, batch):
+    """One step. The first compiles it and checks that it fits in memory."""
     with self._context():
-      return self._train_step(state, self.global_batch(batch))
+      batch = self.global_batch(batch)
+      if self._compiled_step is None:
+        self._compiled_step = memory.compile_checked(self._train_step, state, batch)
+      with memory.translate_oom():
+        return self._compiled_step(state, batch)
 
   def evaluate(self, params, eval_sets) -> dict[str, float]:
     """Metrics of every eval set (one per length, or per split), in one pass."""

@@ -137,7 +137,8 @@ def saved(corpus, tmp_path_factory):
   checkpoint.save_config(workdir, cfg)
   mngr, state = checkpoint.manager(workdir, cfg), trainer.init_state()
   for s in (N - 2, N - 1, N):
-    checkpoint.save(mngr, s, dict(state, step=jnp.int32(s)), tasks.for_config(cfg).train_iterator())
+    checkpoint.save(mngr, s, dict(state, step=jnp.int32(s)), tasks.for_config(cfg).train_iterator(),
+                    cfg)
   mngr.close()
   return cfg, trainer, workdir
 

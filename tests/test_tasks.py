@@ -109,6 +109,9 @@ class _Copy(tasks.Task):
   def check(self, mcfg):
     self.check_vocab(mcfg, 16)
 
+  def data_fingerprint(self):
+    return 'in-memory'
+
   def _batches(self, n, seed):
     import grain
     import numpy as np
@@ -136,14 +139,14 @@ def test_a_new_task_is_one_class_and_one_registry_entry(corpus, tmp_path, monkey
   from posjax.data import inputs
   monkeypatch.setitem(tasks._REGISTRY, _Copy.name, _Copy)
   calls = {'validate': 0, 'source': 0}
-  real_validate, real_source = validation.validate, inputs.source
+  real_validate, real_source = validation.validate, inputs.builder
   def count(name, fn):
     def wrapped(*a, **k):
       calls[name] += 1
       return fn(*a, **k)
     return wrapped
   monkeypatch.setattr(validation, 'validate', count('validate', real_validate))
-  monkeypatch.setattr(inputs, 'source', count('source', real_source))
+  monkeypatch.setattr(inputs, 'builder', count('source', real_source))
   c = config('lm', 'runlocal')
   c.task, c.seq_len, c.batch_size, c.eval_batch_size = 'copy_previous', 8, 8, 8
   c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
@@ -159,8 +162,8 @@ def test_a_new_task_is_one_class_and_one_registry_entry(corpus, tmp_path, monkey
 def test_the_lm_task_opens_its_corpus_once(corpus, tmp_path, monkeypatch):
   from posjax.data import inputs
   calls = []
-  real = inputs.source
-  monkeypatch.setattr(inputs, 'source', lambda c: calls.append(1) or real(c))
+  real = inputs.builder
+  monkeypatch.setattr(inputs, 'builder', lambda c: calls.append(1) or real(c))
   c = config('lm', 'runlocal')
   c.data.path = corpus
   c.seq_len, c.eval_lengths, c.batch_size, c.eval_batch_size = 16, (16,), 8, 8

@@ -1,6 +1,8 @@
 """Language-modelling data: the local_text TFDS builder and its cache, packed LM
 batches over any TFDS text split, length-extrapolation eval windows,
 SentencePiece, and the errors for absent TFDS catalog datasets."""
+import builtins
+import errno
 import json
 import os
 
@@ -10,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from posjax import tasks
-from posjax.data import builders, inputs, pipelines, text
+from posjax.data import build, builders, inputs, pipelines, prepared, text
 
 
 def _documents(corpus):
@@ -208,3 +210,87 @@ def test_catalog_names_read_from_prepared_files_alone(built, tmp_path):
   it = tasks.for_config(ml_collections.ConfigDict(dict(
       c.to_dict(), seq_len=16, batch_size=2, seed=0))).train_iterator()
   assert next(it)['inputs'].shape == (2, 16)
+
+
+def _entry_files(entry):
+  return os.path.join(entry, 'local_text', 'full', '1.0.0')
+
+
+def test_a_damaged_cache_entry_or_build_is_rebuilt_and_says_so(corpus, tmp_path, monkeypatch,
+                                                               capsys):
+  monkeypatch.setenv('POSJAX_CACHE_DIR', str(tmp_path / 'cache'))
+  c = _lm_config(path=corpus)
+  entry = text.local_text_dir(corpus)
+  d = _entry_files(entry)
+  want = {s: [inputs.source(c)[s][i]['text'] for i in range(len(inputs.source(c)[s]))]
+          for s in ('train', 'validation')}
+  capsys.readouterr()
+  shard = 'local_text-train.array_record-00000-of-00001'
+  os.remove(os.path.join(d, shard))
+  src = inputs.source(c)
+  assert [src['train'][i]['text'] for i in range(len(src['train']))] == want['train']
+  err = capsys.readouterr().err.splitlines()
+  assert err[0] == f'local_text: cache entry {entry} is damaged ({shard} is missing); rebuilding it'
+  assert len(err) == 2 and err[1].startswith('local_text: 40 files of')  # The build's line.
+  with open(os.path.join(d, shard.replace('train', 'validation')), 'r+b') as f:
+    f.truncate(10)  # A shard cut short (a full disk, a partial copy).
+  src = inputs.source(c)
+  assert [src['validation'][i]['text'] for i in range(len(src['validation']))] == want['validation']
+  assert 'has 10 bytes, the build wrote' in capsys.readouterr().err
+  assert os.listdir(os.path.dirname(entry)) == [os.path.basename(entry)]
+  # A build in a data_dir (python -m posjax.data.build) is rebuilt the same way.
+  builder = builders.make('local_text', data_dir=str(tmp_path / 'tfds'), size='tiny', path=corpus)
+  prepared.prepare(builder)
+  os.remove(os.path.join(builder.data_dir, shard))
+  assert prepared.prepare(builder) == f'rebuilt ({shard} is missing)'
+  assert prepared.prepare(builder) == 'reused (built with these inputs)'
+
+
+def _deny_unreadable(monkeypatch):
+  """Opening a file without read permission fails as it does for anyone but root (the
+  tests run as root, whom the kernel lets read anything)."""
+  real = builtins.open
+  def guarded(file, *args, **kwargs):
+    if isinstance(file, str) and os.path.isfile(file) and not os.stat(file).st_mode & 0o444:
+      raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), file)
+    return real(file, *args, **kwargs)
+  monkeypatch.setattr(builtins, 'open', guarded)
+
+
+def test_an_unreadable_corpus_file_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch,
+                                                                         capsys):
+  monkeypatch.setenv('POSJAX_CACHE_DIR', str(tmp_path / 'cache'))
+  corpus = tmp_path / 'c'
+  corpus.mkdir()
+  for i in range(3):
+    (corpus / f'{i}.txt').write_text(f'document {i}')
+  os.chmod(corpus / '1.txt', 0)
+  _deny_unreadable(monkeypatch)
+  with pytest.raises(ValueError) as e:
+    text.local_text_dir(str(corpus))
+  assert str(e.value) == (f'data.path: cannot read {corpus / "1.txt"} (Permission denied); '
+                          'allowed: files you can read (check their permissions), or a path '
+                          'without it')
+  assert os.listdir(tmp_path / 'cache' / 'local_text') == []
+  d = tmp_path / 'tfds'
+  assert build.main(['build', 'local_text', f'--data_dir={d}', f'--path={corpus}']) == 2
+  out, err = capsys.readouterr()
+  assert err == f'error: {e.value}\n' and not out
+  assert [p for p in d.rglob('*') if p.is_dir()] == []
+
+
+def test_a_corpus_too_small_to_split_warns_at_the_build_and_at_every_read(
+    corpus, tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv('POSJAX_CACHE_DIR', str(tmp_path / 'cache'))
+  one = tmp_path / 'one'
+  one.mkdir()
+  (one / 'only.txt').write_text('the only document')
+  assert text.shared_split(text.list_documents(str(one))) == 'train'
+  assert text.shared_split(text.list_documents(corpus)) is None  # 40 files: both splits.
+  warning = (f'local_text/full: all 1 files of {one} hash into train: training and '
+             'evaluation use the same documents (add files to hold some out)')
+  src = inputs.source(_lm_config(path=str(one)))
+  assert src['train'][0]['text'] == src['validation'][0]['text'] == b'the only document'
+  assert capsys.readouterr().err.splitlines()[0] == warning
+  inputs.source(_lm_config(path=str(one)))  # Read from the cache: said again.
+  assert capsys.readouterr().err.splitlines() == [warning]

@@ -10,6 +10,10 @@ task does with the source (pipelines, checks) lives in ``posjax.tasks``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+
 from tensorflow_datasets.core import read_only_builder
 
 from posjax.data import builders, text
@@ -26,9 +30,26 @@ def _tfds_name(config) -> str:
 
 def source(config):
   """The TFDS data source of ``config.data``, or a one-line error saying how to get it."""
+  return builder(config).as_data_source()
+
+
+def fingerprint(b) -> str:
+  """What identifies a prepared dataset's contents: its directory, splits and
+  file sizes (a rebuilt cache or an edited corpus changes it)."""
+  files = sorted((f, os.path.getsize(os.path.join(b.data_dir, f)))
+                 for f in os.listdir(b.data_dir) if f != 'metadata.json')
+  return hashlib.sha1(json.dumps([b.data_dir, files]).encode()).hexdigest()[:16]
+
+
+def builder(config):
+  """The read-only TFDS builder of ``config.data``'s prepared files (see ``source``)."""
   name, data_dir = config.data.name, config.data.get('data_dir') or None
   if name == 'local_text' and not data_dir:
     data_dir = text.local_text_dir(config.data.get('path', ''), config.data.get('size', 'full'))
+  elif name in builders.BUILDERS and data_dir:  # Built by the user: from these inputs?
+    builders.check_matches(name, data_dir, config.data.get('size', 'full'),
+                           path=config.data.get('path') or None,
+                           seed=config.data.get('seed'))
   full = _tfds_name(config)
   if name in builders.BUILDERS:
     how = (f'allowed: a data_dir where it was built (python -m posjax.data.build {name} '
@@ -42,7 +63,7 @@ def source(config):
            ' (or `tfds convert_format` of a tfrecord copy), or data.name=local_text')
   try:  # From the prepared files alone: no builder code (catalog builders may need TF),
     # and never a download (tfds.data_source would start one for a missing dataset).
-    return read_only_builder.builder_from_files(full, data_dir=data_dir).as_data_source()
+    return read_only_builder.builder_from_files(full, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for a missing dataset.
     field = 'data.data_dir' if name in builders.BUILDERS else 'data.name'
     raise ValueError(f'{field}: no {full} under {data_dir or "the TFDS default data_dir"!r} '

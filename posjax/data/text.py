@@ -15,14 +15,14 @@ library ``.py`` files, so the main job needs no download. Build it explicitly
 
 or let the trainer build it on first use into a cache keyed by the files'
 names, sizes and modification times (``$POSJAX_CACHE_DIR``, default
-``~/.cache/posjax``), so an edited corpus is rebuilt and an unchanged one is not.
+``~/.cache/posjax``), so an edited corpus is rebuilt and an unchanged one is not;
+``python -m posjax.data.cache`` lists and prunes that cache.
 """
 from __future__ import annotations
 
 import contextlib
 import glob
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -34,6 +34,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from posjax.data import prepared
 
 PAD, BOS, EOS, CLS = 0, 1, 2, 3
 SPECIALS = 4
@@ -141,22 +143,30 @@ def list_documents(path: str | None = None) -> list[str]:
 
 
 def split_documents(files: Sequence[str], split: str, valid_percent: int = 5) -> list[str]:
-  """Deterministic train / validation split by a hash of the relative path."""
+  """Deterministic train / validation split by a hash of the relative path; a corpus
+  whose files all hash into one split has every file in both (``shared_split``)."""
+  out = [f for f, valid in _hashed(files, valid_percent) if valid == (split == 'validation')]
+  return out or list(files)
+
+
+def shared_split(files: Sequence[str], valid_percent: int = 5) -> str | None:
+  """The split every file hashes into, when one split takes them all; else None."""
+  sides = {valid for _, valid in _hashed(files, valid_percent)}
+  return None if len(sides) > 1 else 'validation' if sides.pop() else 'train'
+
+
+def _hashed(files: Sequence[str], valid_percent: int) -> list[tuple[str, bool]]:
   root = _root(files)
-  def is_valid(f):
-    return zlib.crc32(os.path.relpath(f, root).encode()) % 100 < valid_percent
-  out = [f for f in files if is_valid(f) == (split == 'validation')]
-  return out or list(files)  # Tiny corpora: everything in both splits.
+  return [(f, zlib.crc32(os.path.relpath(f, root).encode()) % 100 < valid_percent)
+          for f in files]
 
 
 def _root(files: Sequence[str]) -> str:
   return os.path.commonpath(list(files)) if len(files) > 1 else os.path.dirname(files[0])
 
 
-class LocalText(tfds.core.GeneratorBasedBuilder):
+class LocalText(prepared.Builder):
   """Text files as a TFDS dataset: one example per file, train / validation."""
-  VERSION = tfds.core.Version('1.0.0')
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=s) for s in ('full', 'small', 'tiny')]
   OPTIONS = ('path',)
 
   def __init__(self, *, path: str = '', **kwargs):
@@ -164,25 +174,47 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({'text': tfds.features.Text(),
-                                             'path': tfds.features.Text()}),
-        description=f'Text files of {self.path or "the Python standard library"!r} (posjax)')
+    return self.dataset_info(
+        tfds.features.FeaturesDict({'text': tfds.features.Text(), 'path': tfds.features.Text()}),
+        f'Text files of {self.path or "the Python standard library"!r} (posjax)')
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    files = list_documents(self.path)
+  def splits(self):
+    files = _readable(list_documents(self.path))
+    side = shared_split(files)
+    if side:
+      self.warn(f'all {len(files)} files of {self.path or "the standard library"} hash into '
+                f'{side}: training and evaluation use the same documents (add files to hold '
+                'some out)')
     limits = dict(zip(('train', 'validation'), SIZES[self.builder_config.name]))
-    root = _root(files)
-    return {split: self._generate_examples(split_documents(files, split)[:n], root)
+    return {split: _examples(split_documents(files, split)[:n], _root(files))
             for split, n in limits.items()}
 
-  def _generate_examples(self, files, root):
-    for f in files:
-      rel = os.path.relpath(f, root)
-      with open(f, 'rb') as fh:
-        yield rel, {'text': fh.read(), 'path': rel}
+  def inputs(self):
+    return {'path': corpus_fingerprint(self.path)}
+
+
+def corpus_fingerprint(path: str = '', files: Sequence[str] | None = None) -> str:
+  """The corpus of ``path`` (its ``files``' names, sizes and mtimes) as one string."""
+  where = os.path.realpath(os.path.expanduser(path)) if path else 'the standard library'
+  return prepared.files_fingerprint(where, list_documents(path) if files is None else files)
+
+
+def _readable(files: Sequence[str]) -> Sequence[str]:
+  for f in files:  # Before anything is written: a build never stops halfway for this.
+    try:
+      with open(f, 'rb'):
+        pass
+    except OSError as e:
+      raise ValueError(f'data.path: cannot read {f} ({e.strerror or e}); allowed: files you '
+                       'can read (check their permissions), or a path without it') from None
+  return files
+
+
+def _examples(files: Sequence[str], root: str):
+  for f in files:
+    rel = os.path.relpath(f, root)
+    with open(f, 'rb') as fh:
+      yield rel, {'text': fh.read(), 'path': rel}
 
 
 def cache_dir() -> str:
@@ -193,22 +225,61 @@ def local_text_dir(path: str = '', size: str = 'full') -> str:
   """A data_dir holding ``local_text/<size>`` of ``path``, built on first use.
 
   The directory name is a hash of the files' names, sizes and mtimes; concurrent
-  builders write to private directories and the first rename wins.
+  builders write to private directories and the first rename wins. An entry with a
+  missing or resized file is rebuilt, saying so on stderr. Each entry has a ``RECORD``
+  of what it was built from, whose mtime is its last use (``posjax.data.cache``).
   """
+  path = os.path.abspath(os.path.expanduser(path)) if path else ''
   files = list_documents(path)
-  stats = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
-  key = hashlib.sha1(json.dumps([path, size, stats]).encode()).hexdigest()[:16]
+  record = {'path': path, 'size': size, 'corpus': corpus_fingerprint(path, files),
+            'documents': len(files)}
+  key = hashlib.sha1(json.dumps([path, size, record['corpus']]).encode()).hexdigest()[:16]
   final = os.path.join(cache_dir(), 'local_text', key)
-  if not os.path.isdir(final):
-    tmp = f'{final}.tmp-{uuid.uuid4().hex}'
-    tfds.disable_progress_bar()
-    with contextlib.redirect_stdout(io.StringIO()):  # TFDS's "Downloading and preparing".
-      LocalText(config=size, data_dir=tmp, path=path, file_format='array_record'
-                ).download_and_prepare()
-    sys.stderr.write(f'local_text: {len(files)} files of {path or "the standard library"} '
-                     f'-> {final}\n')
-    try:
-      os.rename(tmp, final)
-    except OSError:  # Another process finished first.
-      shutil.rmtree(tmp, ignore_errors=True)
+  entry = LocalText(config=size, data_dir=final, path=path)
+  broken = prepared.damage(entry)
+  if not broken:
+    prepared.warn_recorded(entry)
+  else:
+    damaged = os.path.isdir(final)
+    if damaged:
+      sys.stderr.write(f'local_text: cache entry {final} is damaged ({broken}); rebuilding it\n')
+    _build(final, record, replace=damaged)
+  touch(final, record)
   return final
+
+
+RECORD = 'posjax_cache.json'
+
+
+def touch(entry: str, record: dict) -> None:
+  """Marks cache ``entry`` used now, writing its ``record`` if it has none."""
+  file = os.path.join(entry, RECORD)
+  with contextlib.suppress(OSError):  # A read-only cache is still read.
+    if os.path.isfile(file):
+      os.utime(file)
+    else:
+      tmp = f'{file}.{uuid.uuid4().hex}'
+      with open(tmp, 'w') as f:
+        json.dump(record, f)
+      os.replace(tmp, file)
+
+
+def _build(final: str, record: dict, replace: bool) -> None:
+  """Builds the entry of ``record`` privately and renames it to ``final`` (moving a
+  damaged one aside first when ``replace``); no temporary directory outlives it."""
+  tmp = f'{final}.tmp-{uuid.uuid4().hex}'
+  try:
+    tfds.disable_progress_bar()
+    prepared.prepare(LocalText(config=record['size'], data_dir=tmp, path=record['path']))
+    touch(tmp, record)
+    sys.stderr.write(f'local_text: {record["documents"]} files of '
+                     f'{record["path"] or "the standard library"} -> {final}\n')
+    if replace:
+      old = f'{final}.old-{uuid.uuid4().hex}'
+      with contextlib.suppress(OSError):  # Another process moved it first.
+        os.rename(final, old)
+      shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):  # Another process finished first.
+      os.rename(tmp, final)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -39,9 +39,17 @@ class Task:
   # -- Data ------------------------------------------------------------------
 
   @functools.cached_property
+  def builder(self):
+    """The prepared TFDS dataset of ``config.data`` (found, or built, once)."""
+    return inputs.builder(self.config)
+
+  @functools.cached_property
   def source(self):
-    """The TFDS data source of ``config.data`` (opened once)."""
-    return inputs.source(self.config)
+    return self.builder.as_data_source()
+
+  def data_fingerprint(self) -> str:
+    """Identifies the data's contents; saved with every checkpoint."""
+    return inputs.fingerprint(self.builder)
 
   def check(self, mcfg) -> None:
     """Raises a one-line ``ValueError`` for data or fields the model can't use."""
