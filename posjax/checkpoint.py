@@ -276,6 +276,26 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(config)
 
 
+def restore_params(workdir: str, abstract_params, step: int | None = None):
+  """``(params, step)`` of the newest readable step (or ``step``) of ``workdir``,
+  into ``abstract_params``' shapes and shardings; FileNotFoundError without one."""
+  mngr = ocp.CheckpointManager(
+      checkpoint_dir(workdir),
+      item_handlers={'params': ocp.StandardCheckpointHandler()})
+  def restore_step(s):
+    integrity.verify(str(mngr.directory / str(s)), items=('params',))
+    return _finite(mngr.restore(s, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))['params'])
+  if step is not None:
+    params = restore_step(step)
+  else:
+    params, step, _ = _newest_readable(mngr, restore_step)
+  mngr.close()
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
+  return params, step
+
+
 def load_for_analysis(workdir: str, step: int | None = None) -> Analysis:
   """(config, params, step) restored on the CPU, without the optimizer."""
   from posjax import models, tasks  # Late import: keeps this module light.
@@ -291,18 +311,5 @@ def load_for_analysis(workdir: str, step: int | None = None) -> Analysis:
       {'params': k}, *args, **kwargs, train=False)['params']), jax.random.key(0))
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), shapes)
-  mngr = ocp.CheckpointManager(
-      checkpoint_dir(workdir),
-      item_handlers={'params': ocp.StandardCheckpointHandler()})
-  def restore_step(s):
-    integrity.verify(str(mngr.directory / str(s)), items=('params',))
-    return _finite(mngr.restore(s, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract)))['params'])
-  if step is not None:
-    params = restore_step(step)
-  else:
-    params, step, _ = _newest_readable(mngr, restore_step)
-  mngr.close()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
+  params, step = restore_params(workdir, abstract, step)
   return Analysis(config=config, params=params, step=step)

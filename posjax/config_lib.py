@@ -184,6 +184,8 @@ def base_config(posenc: str = 'rope') -> ml_collections.ConfigDict:
   c.schedule = 'cosine'  # cosine | rsqrt
   c.grad_clip = 1.0  # Global norm; 0 = no clipping.
   c.grad_accum_steps = 1
+  # A workdir whose newest parameters initialise a new run (fine-tuning); '' = none.
+  c.init_from = ''
   c.schedule_steps = 0  # Schedule length; 0 = num_train_steps (a resumed run keeps its own).
   # Profiling: a jax.profiler trace of steps (a, b) into <workdir>/profile; (0, 0) = off.
   c.profile_steps = (0, 0)

@@ -189,6 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   config, mcfg, task = prepare(config, workdir)
   trainer = Trainer(config, mcfg, task)
   data_iter, eval_sets = _pipelines(task)
+  init_params = _init_from(config, trainer, workdir)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   lock = Lock(workdir)
@@ -198,18 +199,37 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     except ValueError as e:
       raise ConfigError(str(e)) from None
   try:
-    return _run(config, trainer, data_iter, eval_sets, workdir)
+    return _run(config, trainer, data_iter, eval_sets, workdir, init_params)
   finally:
     lock.release()
 
 
-def _run(config, trainer: Trainer, data_iter, eval_sets, workdir: str) -> dict[str, float]:
+def _init_from(config, trainer: Trainer, workdir: str):
+  """Parameters of ``config.init_from``'s newest checkpoint for a new run (a
+  fine-tune: fresh optimizer and schedule), None otherwise."""
+  source = config.get('init_from') or ''
+  if not source or checkpoint.check_resumable(workdir, config) is not None:
+    return None  # A resumed run continues from its own checkpoints.
+  try:
+    params, step = checkpoint.restore_params(source, trainer.abstract_state['params'])
+  except Exception as e:  # Orbax raises many types for a tree that does not fit.
+    raise ConfigError(f'init_from: cannot initialise from {source} ({type(e).__name__}: '
+                      f'{" ".join(str(e).split())[:160]}); allowed: a workdir whose '
+                      'checkpoints have this model\'s parameter shapes') from None
+  _say(f'initialised from {source} (step {step})\n')
+  return params
+
+
+def _run(config, trainer: Trainer, data_iter, eval_sets, workdir: str,
+         init_params=None) -> dict[str, float]:
   """Restores (or initialises) the state and runs the loop in the locked workdir."""
   checkpoint.save_config(workdir, config)
   mngr = checkpoint.manager(workdir, config)
   state, start = checkpoint.restore(mngr, trainer.abstract_state, data_iter)
   if state is None:
     state, start = trainer.init_state(), 0
+    if init_params is not None:
+      state['params'] = init_params
   else:
     _say(f'resumed from step {start} ({checkpoint.checkpoint_dir(workdir)})\n')
     data_iter = _iterator_for_changed_data(trainer.task, workdir, start, data_iter)

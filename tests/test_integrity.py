@@ -169,3 +169,17 @@ def test_a_resumed_run_leaves_one_record_per_step(corpus, tmp_path):
   rows = [json.loads(l) for l in open(path)]
   train_steps = [r['step'] for r in rows if 'train/loss' in r]
   assert train_steps == [1, 2, 3], train_steps
+
+
+def test_a_damaged_data_dir_is_a_one_line_error(data_dir, tmp_path):
+  import glob
+  d = str(tmp_path / 'tfds')
+  shutil.copytree(data_dir, d)
+  shard = sorted(glob.glob(os.path.join(d, 'listops', 'tiny', '*', '*train*array_record*')))[0]
+  os.remove(shard)
+  from test_tasks import config
+  c = config('lra_listops', 'runlocal')
+  c.data.data_dir = d
+  with pytest.raises(train.ConfigError, match=r'^data.data_dir: listops/tiny in .* is damaged '
+                     r'\(.*is missing\); allowed: rebuild it'):
+    train.prepare(c, str(tmp_path / 'run'))

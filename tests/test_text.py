@@ -287,7 +287,7 @@ def test_a_corpus_too_small_to_split_warns_at_the_build_and_at_every_read(
   (one / 'only.txt').write_text('the only document')
   assert text.shared_split(text.list_documents(str(one))) == 'train'
   assert text.shared_split(text.list_documents(corpus)) is None  # 40 files: both splits.
-  warning = (f'local_text/full: all 1 files of {one} hash into train: training and '
+  warning = (f'local_text/full: every file of {one} (1) hashes into train: training and '
              'evaluation use the same documents (add files to hold some out)')
   src = inputs.source(_lm_config(path=str(one)))
   assert src['train'][0]['text'] == src['validation'][0]['text'] == b'the only document'

@@ -224,3 +224,18 @@ def test_profile_steps_write_a_trace(corpus, tmp_path):
   assert traces
   with pytest.raises(train.ConfigError, match=r'^profile_steps: got \(2, 9\)'):
     train.prepare(tiny_config(corpus, num_train_steps=3, profile_steps=(2, 9)), str(tmp_path / 'x'))
+
+
+def test_init_from_starts_a_new_run_from_another_runs_parameters(corpus, tmp_path):
+  base = str(tmp_path / 'base')
+  train.train_and_evaluate(tiny_config(corpus, num_train_steps=2), base)
+  tuned = str(tmp_path / 'tuned')  # A "fine-tune" whose one update is negligible.
+  train.train_and_evaluate(tiny_config(corpus, num_train_steps=1, warmup_steps=0,
+                                       learning_rate=1e-12, init_from=base), tuned)
+  a, b = checkpoint.load_for_analysis(base).params, checkpoint.load_for_analysis(tuned).params
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+  with pytest.raises(train.ConfigError, match=r'^init_from: cannot initialise from '):
+    train.train_and_evaluate(tiny_config(corpus, num_train_steps=1, warmup_steps=0, init_from=base,
+                                         **{'model.mlp_dim': 48}), str(tmp_path / 'other'))
+  assert not os.path.exists(tmp_path / 'other')

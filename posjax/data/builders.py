@@ -243,6 +243,12 @@ def check_matches(name: str, data_dir: str, size: str = 'full', **options) -> No
   built from other inputs than the ``options`` given (those not None); a dataset that is
   missing or has no record of its inputs passes (its reader reports a missing one)."""
   builder = make(name, data_dir=data_dir, size=size, **options)
+  if prepared.is_built(builder) and (why := prepared.damage(builder)):
+    raise ValueError(f'data.data_dir: {name}/{size} in {data_dir!r} is damaged ({why}); '
+                     f'allowed: rebuild it: python -m posjax.data.build {name} '
+                     f'--data_dir={data_dir} --size={size}')
+  if prepared.is_built(builder):
+    prepared.warn_recorded(builder)
   given = [k for k, v in options.items() if k in builder.OPTIONS and v is not None]
   diff = prepared.mismatch(builder, given) if given else {}
   if diff:

@@ -182,9 +182,9 @@ class LocalText(prepared.Builder):
     files = _readable(list_documents(self.path))
     side = shared_split(files)
     if side:
-      self.warn(f'all {len(files)} files of {self.path or "the standard library"} hash into '
-                f'{side}: training and evaluation use the same documents (add files to hold '
-                'some out)')
+      self.warn(f'every file of {self.path or "the standard library"} ({len(files)}) hashes '
+                f'into {side}: training and evaluation use the same documents (add files to '
+                'hold some out)')
     limits = dict(zip(('train', 'validation'), SIZES[self.builder_config.name]))
     return {split: _examples(split_documents(files, split)[:n], _root(files))
             for split, n in limits.items()}

@@ -1,0 +1,84 @@
+"""The plots of ``posjax.report`` (re-exported there): lines and a heatmap.
+
+Each draws into ``ax`` if given (a notebook's axes), else into a new Agg figure
+made without pyplot (no global backend change, nothing left open), saves a PNG at
+``path`` if given, and returns the figure. matplotlib is imported on first use.
+"""
+from __future__ import annotations
+
+import os
+
+
+def plot_lines(series: dict[str, dict[float, float]], *, xlabel: str, ylabel: str,
+               title: str, logx: bool = False, logy: bool = False,
+               path: str | None = None, ax=None, marks: dict[str, str] | None = None):
+  """A line per series ``{label: {x: y}}`` (points in x order; an empty series is
+  still a labelled line, so a missing run stays in the legend). ``marks``: a
+  matplotlib format string per label (default 'o-')."""
+  fig, ax = _axes(ax)
+  xs_all = set()
+  for label, points in series.items():
+    xs = sorted(points)
+    xs_all.update(xs)
+    ax.plot(xs, [points[x] for x in xs], (marks or {}).get(label, 'o-'), label=label)
+  if logx:
+    ax.set_xscale('log')
+    if 0 < len(xs_all) <= 12:  # Few x values (eval lengths): label each one.
+      ax.set_xticks(sorted(xs_all), labels=[f'{x:g}' for x in sorted(xs_all)])
+      ax.minorticks_off()
+  if logy:
+    ax.set_yscale('log')
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  ax.grid(True, alpha=0.3)
+  if series:
+    ax.legend(fontsize='small')
+  return _save(fig, path)
+
+
+def plot_heatmap(table, *, title: str, path: str | None = None, ax=None,
+                 vmin: float | None = None, vmax: float | None = None,
+                 fmt: str = '{:.2f}'):
+  """``table`` (a ``report.Table``) as coloured cells with their values written
+  in; a cell holding a word ('missing', 'failed') is grey and shows the word."""
+  import numpy as np
+  fig, ax = _axes(ax)
+  rows, cols = table.row_labels, table.col_labels
+  values = np.full((len(rows), len(cols)), np.nan)
+  for i, rl in enumerate(rows):
+    for j, cl in enumerate(cols):
+      v = table.cells.get((rl, cl))
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        values[i, j] = v
+  import matplotlib
+  cmap = matplotlib.colormaps['viridis'].with_extremes(bad='lightgrey')
+  image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax,
+                    aspect='auto')
+  for i, rl in enumerate(rows):
+    for j, cl in enumerate(cols):
+      v = table.cells.get((rl, cl))
+      dark = np.isfinite(values[i, j]) and image.norm(values[i, j]) < 0.5
+      text = v if isinstance(v, str) else ('' if v is None else fmt.format(v))
+      ax.text(j, i, text, ha='center', va='center', fontsize='small',
+              color='white' if dark else 'black')
+  ax.set_xticks(range(len(cols)), labels=[str(c) for c in cols])
+  ax.set_yticks(range(len(rows)), labels=[str(r) for r in rows])
+  ax.set_title(title)
+  fig.colorbar(image, ax=ax)
+  return _save(fig, path)
+
+
+def _axes(ax):
+  if ax is not None:
+    return ax.figure, ax
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(6.4, 4.2))
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot()
+
+
+def _save(fig, path: str | None):
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches='tight')
+  return fig
