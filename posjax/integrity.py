@@ -79,7 +79,9 @@ def first_nonfinite(tree) -> str | None:
   """``'params/decoder/...'``: the first floating leaf with a NaN or Inf."""
   leaves = [(p, x) for p, x in jax.tree.leaves_with_path(tree)
             if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
-  flags = jax.device_get([jnp.isfinite(x).all() for _, x in leaves])
+  # One program for all leaves: per-leaf ops deadlock multi-process CPU runs.
+  flags = jax.device_get(jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])(
+      [x for _, x in leaves]))
   for (path, _), ok in zip(leaves, flags):
     if not bool(np.asarray(ok)):
       return jax.tree_util.keystr(path, simple=True, separator='/')

@@ -137,6 +137,8 @@ def run_job(config, workdir: str | None):
     _fail(str(e), 2)
   except (FloatingPointError, checkpoint.UnreadableCheckpointError) as e:
     _fail(str(e), 1)
+  except KeyboardInterrupt:  # Before the first step (the loop itself saves and exits 130).
+    _fail('interrupted (Ctrl-C) before training started; nothing was saved', 130)
   workdir = os.path.abspath(workdir)
   print(f'checkpoints: {checkpoint.checkpoint_dir(workdir)}')
   print(f'tensorboard: tensorboard --logdir {workdir}')

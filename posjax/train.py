@@ -170,8 +170,8 @@ class _Loop:
         if stop:
           self.close()
           logging.warning('preempted: saved a checkpoint at step %d; exiting', step)
-          _say(f'\npreempted (SIGTERM): checkpoint saved at step {step}\n')
-          sys.exit(0)
+          _say(f'\nstopped by {preempt.signal_name}: checkpoint saved at step {step}\n')
+          sys.exit(preempt.exit_code)
       self.flush()
     return state
 

@@ -71,3 +71,26 @@ def test_an_unusable_workdir_is_a_one_line_error(corpus, tmp_path, case, message
             'read_only': '/proc/1/posjax_run'}[case]  # procfs: read-only even for root.
   with pytest.raises(train.ConfigError, match=rf'^workdir: .*{message}'):
     train.prepare(tiny_config(corpus), str(target))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(corpus, tmp_path):
+  path = tmp_path / 'config.py'
+  path.write_text(CONFIG.format(test_train=os.path.join(ROOT, 'tests', 'test_train.py'),
+                                corpus=corpus, overrides=dict(num_train_steps=1000000,
+                                                              checkpoint_every_steps=50)))
+  run = tmp_path / 'run'
+  cmd = [sys.executable, '-m', 'posjax.main', f'--config={path}', f'--workdir={run}']
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 120
+  while not (run / 'metrics.jsonl').exists() or not (run / 'metrics.jsonl').read_text():
+    assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+    time.sleep(0.05)  # Training: the first steps are logged.
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith('stopped by Ctrl-C: checkpoint saved at step '), err
+  assert 'Traceback' not in err, err
+  step = int(last.rsplit(' ', 1)[1])
+  assert (run / 'checkpoints' / str(step)).is_dir()
