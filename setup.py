@@ -22,9 +22,10 @@ setup(
         'numpy>=2.0',
         'tensorboardX>=2.6',  # TensorBoard event files without TensorFlow.
         'sentencepiece>=0.2',  # Optional LM tokenizer (data.tokenizer=<model>).
+        'submitit>=1.5.4',  # experiments --launcher=slurm (job arrays).
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'matplotlib>=3.9'],
         'notebooks': ['matplotlib>=3.9', 'jupyter'],
     },
     entry_points={'console_scripts': ['posjax=posjax.main:run']},

@@ -10,7 +10,6 @@ import pytest
 from posjax import encodings, models
 
 NAMES = encodings.names()
-CAUSAL = [n for n in NAMES if n not in ('rope_2d', 'sinusoidal_2d')] + ['rope_2d', 'sinusoidal_2d']
 
 
 def _cfg(posenc, **kw):
@@ -139,6 +138,37 @@ def test_every_parameter_gets_gradient(posenc):
   grads = jax.jit(jax.grad(lambda p: model.apply({'params': p}, tokens).std()))(params)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.abs(np.asarray(g)).max() > 0, f'no gradient reaches {jax.tree_util.keystr(path)}'
+
+
+@pytest.mark.parametrize('posenc', NAMES)
+def test_translation_invariant_flag(posenc):
+  """Shifting every position leaves the output unchanged iff the class says so
+  (a grid_2d encoding is shifted by whole rows)."""
+  cls = encodings.get(posenc)
+  cfg = _cfg(posenc, num_layers=1)
+  tokens = _tokens()
+  model, params = _init(cfg, tokens)
+  pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  shift = 4 * cfg.make_encoding().grid_width if cls.grid_2d else 1000
+  apply = _apply(model)
+  base, shifted = (apply({'params': params}, tokens, pos + s) for s in (0, shift))
+  assert np.allclose(base, shifted, rtol=1e-4, atol=1e-4) == cls.translation_invariant
+
+
+@pytest.mark.parametrize('posenc', NAMES)
+def test_grid_2d_flag(posenc):
+  """A grid_2d encoding has a grid_width field, and the output depends on it."""
+  cls = encodings.get(posenc)
+  assert ('grid_width' in cls.__dataclass_fields__) == cls.grid_2d
+  if not cls.grid_2d:
+    return
+  tokens = _tokens(L=12)
+  outs = []
+  for width in (3, 4):
+    cfg = _cfg(posenc, num_layers=1, posenc_args={'grid_width': width})
+    model, params = _init(cfg, tokens)
+    outs.append(_apply(model)({'params': params}, tokens))
+  assert not np.allclose(*outs, atol=1e-4)
 
 
 def test_nope_order_only_through_causal_mask():

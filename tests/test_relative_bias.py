@@ -11,8 +11,10 @@ import pytest
 from posjax.encodings import registry
 from posjax.encodings import relative_bias as rb
 
-LEARNED = ('t5', 'kerple_log', 'kerple_power', 'fire')
-INVARIANT = ('t5', 'alibi', 'kerple_log', 'kerple_power')
+# The encodings of this module, by their capability flags.
+BIASES = tuple(n for n in registry.names() if registry.get(n).__module__ == rb.__name__)
+LEARNED = tuple(n for n in BIASES if registry.get(n).has_params)
+INVARIANT = tuple(n for n in BIASES if registry.get(n).translation_invariant)
 
 
 def mtf_bucket(rel, bidirectional, num_buckets=32, max_distance=128):
@@ -125,8 +127,9 @@ def test_bias_depends_only_on_offset():
 def test_t5_direction_and_table():
   enc = make('t5', causal=False)
   variables, bias = init_and_bias(enc, [[10]], [[9, 10, 11, 500]])
-  table = variables['params']['rel_bias'].value
-  np.testing.assert_array_equal(bias[0, :, 0], table[jnp.array([1, 0, 17, 31])].T)
+  table = enc.table_scale * variables['params']['rel_bias_raw'].value
+  assert 0.2 < float(table.std()) < 0.3  # t5x's init of the bias, U(+-0.39) here.
+  np.testing.assert_allclose(bias[0, :, 0], table[jnp.array([1, 0, 17, 31])].T, rtol=1e-6)
   assert make('t5').shared_across_layers
 
 
@@ -139,7 +142,7 @@ def test_fire_matches_formula_and_is_finite():
   d = np.abs(qpos[0, :, None] - kpos[0, None, :])
   norm = psi(np.maximum(qpos[0], abs(p['L_multiplier']) * 512.0))[:, None] + 1e-6
   h = np.maximum((psi(d) / norm)[..., None] * p['w1'] + p['b1'], 0)
-  np.testing.assert_allclose(bias[0], np.moveaxis(h @ p['w2'] + p['b2'], -1, 0),
+  np.testing.assert_allclose(bias[0], np.moveaxis(h @ p['w2'], -1, 0),
                              rtol=1e-5, atol=1e-6)
 
 
@@ -155,7 +158,7 @@ def test_learned_params_receive_gradients():
   out = nn.meta.unbox(jax.jit(lambda: {name: grads(name) for name in LEARNED})())
   for path, g in jax.tree_util.tree_leaves_with_path(out):
     assert np.isfinite(g).all() and np.abs(g).max() > 0, path
-  assert set(out['fire']) == {'c', 'L_multiplier', 'w1', 'b1', 'w2', 'b2'}
+  assert set(out['fire']) == {'c', 'L_multiplier', 'w1', 'b1', 'w2'}
 
 
 def test_long_positions_are_finite():
@@ -168,7 +171,7 @@ def test_long_positions_are_finite():
     variables = enc.init(jax.random.key(0), None, None, qpos, kpos, None, None, method='bias')
     bias = bias_fn(enc)(variables, qpos, kpos)
     return bias, jax.grad(lambda v: bias_fn(enc)(v, qpos, kpos).sum())(variables)
-  out = jax.jit(lambda: {(n, c): bias_and_grads(n, c) for n in INVARIANT + ('fire',)
+  out = jax.jit(lambda: {(n, c): bias_and_grads(n, c) for n in BIASES
                          for c in (True, False)})()
   for path, x in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(out)):
     assert np.isfinite(x).all(), path
@@ -179,6 +182,7 @@ def test_long_positions_are_finite():
     ('t5', {'num_buckets': 0}, 'num_buckets'),
     ('t5', {'max_distance': 0}, 'max_distance'),
     ('t5', {'num_buckets': 32, 'max_distance': 8}, 'max_distance'),
+    ('t5', {'table_scale': 0.0}, 'table_scale'),
     ('fire', {'mlp_width': 0}, 'mlp_width'),
     ('fire', {'init_c': 0.0}, 'init_c'),
     ('fire', {'init_L': -1.0}, 'init_L'),

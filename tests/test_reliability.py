@@ -367,8 +367,8 @@ def test_long_distance_bias_softmax_stays_finite_and_attends(posenc, attention_p
 
   def run(variables, q, k):
     e = enc.bind(variables)
-    out = attention.attend(e, q, k, v, pos, pos, idx, idx, seg, seg, causal=True,
-                           block_size=block, scale=K ** -0.5)
+    out, _ = attention.attend(e, q, k, v, pos, pos, idx, idx, seg, seg, causal=True,
+                              block_size=block, scale=K ** -0.5)
     return out, e.bias(q, k, pos, pos, None, None)[0]
 
   @jax.jit

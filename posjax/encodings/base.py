@@ -13,6 +13,10 @@ Shapes follow nanodo's naming: B batch, L query length, S key length, H heads,
 K head dim, D model dim. Positions are explicit int32 arrays ``[B, L]``; every
 piece of position math is float32 whatever the activation dtype.
 
+Shared math, written once and called by every encoding that needs it:
+``relative`` (key - query), ``check_base``, ``sinusoid_inv_freq`` and ``cos_sin`` (the
+sinusoid of integer positions with exact float32 angles).
+
 Blockwise attention evaluates ``bias`` once per key block, visiting key blocks
 from the last to the first; ``carry`` lets an encoding accumulate across blocks
 (CoPE's gate sums). Dense attention is the same code with a single block.
@@ -22,12 +26,17 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = Any
 
-# Where an encoding acts; used by the README table, the registry and tests.
+# Where an encoding acts, each the name of its hook method. ``registry.register``
+# checks that the hooks a class overrides are exactly the ones it declares.
 EMBED, QK, BIAS, VALUES = 'embed', 'qk', 'bias', 'values'
+# Helpers of a hook, overridable only together with it.
+HOOK_HELPERS = {'init_carry': BIAS}
 
 
 class Encoding(nn.Module):
@@ -46,10 +55,14 @@ class Encoding(nn.Module):
   max_len: int = 512
   causal: bool = True
 
-  # Class-level declarations.
+  # Class-level declarations, read by the model, the config checks and the
+  # parametrised tests (tests/test_models.py, tests/test_active_encodings.py).
+  # The hooks this class overrides (EMBED, QK, BIAS, VALUES); checked at
+  # registration.
   acts_at: ClassVar[tuple[str, ...]] = ()
   # One instance for the whole model (T5's table, absolute tables) rather than
-  # one per attention layer. Only shared encodings are asked for ``embed``.
+  # one per attention layer. Required for EMBED: the model calls ``embed`` once,
+  # on the input embedding.
   shared_across_layers: ClassVar[bool] = False
   # Positions must stay below ``max_len`` (a learned table): evaluation lengths
   # above it are a config error.
@@ -58,6 +71,19 @@ class Encoding(nn.Module):
   causal_only: ClassVar[bool] = False
   # Cached decoding reproduces the full pass (False for encoder-only schemes).
   supports_decoding: ClassVar[bool] = True
+  # The model's output is unchanged when every position is shifted by the same
+  # amount (for a ``grid_2d`` encoding: by whole rows, a multiple of grid_width).
+  translation_invariant: ClassVar[bool] = False
+  # Positions are pixels of a raster scan ``grid_width`` wide (a field of the
+  # class): row p // grid_width, column p % grid_width.
+  grid_2d: ClassVar[bool] = False
+  # Owns trained parameters; each must move in a short run
+  # (tests/test_active_encodings.py).
+  has_params: ClassVar[bool] = False
+  # ``bias`` is a function of the positions alone (not of q, k or a carry), so
+  # ``bias(None, None, qpos, kpos, mask, None)`` gives its curve by distance
+  # (``posjax.analysis.bias_by_distance``).
+  bias_from_positions: ClassVar[bool] = False
 
   def embed(self, x_BxLxD: Array, pos_BxL: Array) -> Array:
     del pos_BxL
@@ -93,3 +119,40 @@ class Encoding(nn.Module):
 def relative(qpos_BxL: Array, kpos_BxS: Array) -> Array:
   """Relative position key - query, ``[B, L, S]`` int32 (T5's convention)."""
   return kpos_BxS[:, None, :].astype(jnp.int32) - qpos_BxL[:, :, None].astype(jnp.int32)
+
+
+def check_base(base: float, field: str = 'model.posenc_args.base') -> None:
+  """Every sinusoid / rotary ``base`` must exceed 1 (frequencies below 1)."""
+  if not base > 1:
+    raise ValueError(f'{field}: got {base!r}; allowed: a number > 1')
+
+
+def sinusoid_inv_freq(dim: int, base: float) -> np.ndarray:
+  """``base ** (-2f / dim)`` for f < dim / 2, float64 numpy (static); callers
+  validate ``base`` with ``check_base``."""
+  return base ** -(np.arange(0, dim, 2, dtype=np.float64) / dim)
+
+
+def cos_sin(pos: Array, inv_freq_F: Array) -> tuple[Array, Array]:
+  """cos and sin of ``pos * inv_freq``, ``[..., F]`` float32, for int positions.
+
+  Plain float32 ``pos * inv_freq`` is off by up to half an ulp of the angle,
+  0.03 rad at 10^6. Instead positions split into 4096 * hi + lo and each
+  frequency into 12 high and 12 low mantissa bits, so ``hi * f_hi`` is exact
+  (for |pos| < 2^24) and the rest is a float32 sum below ~5000; cos and sin of
+  the sum follow from the addition theorem. Every sinusoid in posjax (absolute,
+  Transformer-XL, rotary) is computed here.
+  """
+  pos = jnp.asarray(pos).astype(jnp.int32)
+  lo_x1 = (pos & 4095).astype(jnp.float32)[..., None]
+  hi_x1 = (pos - (pos & 4095)).astype(jnp.float32)[..., None]
+  f_F = jnp.asarray(inv_freq_F, jnp.float32)
+  f_hi_F = jax.lax.bitcast_convert_type(
+      jax.lax.bitcast_convert_type(f_F, jnp.uint32) & jnp.uint32(0xFFFFF000), jnp.float32)
+  f_lo_F = f_F - f_hi_F
+  big_xF = hi_x1 * f_hi_F
+  small_xF = hi_x1 * f_lo_F + lo_x1 * f_hi_F + lo_x1 * f_lo_F
+  cos_big, sin_big = jnp.cos(big_xF), jnp.sin(big_xF)
+  cos_small, sin_small = jnp.cos(small_xF), jnp.sin(small_xF)
+  return (cos_big * cos_small - sin_big * sin_small,
+          sin_big * cos_small + cos_big * sin_small)

@@ -28,6 +28,8 @@ class CoPE(Encoding):
   """Per-layer position embeddings E ``[npos_max, K]`` shared across heads."""
   npos_max: int = 64
   acts_at = (BIAS,)
+  translation_invariant = True  # Reads no positions at all.
+  has_params = True
 
   def __post_init__(self):
     super().__post_init__()

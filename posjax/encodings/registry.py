@@ -3,16 +3,41 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from posjax.encodings.base import Encoding
+from posjax.encodings.base import BIAS, EMBED, HOOK_HELPERS, QK, VALUES, Encoding
 
 _REGISTRY: dict[str, type[Encoding]] = {}
+_HOOKS = (EMBED, QK, BIAS, VALUES)  # Each the name of its method.
+
+
+def overridden_hooks(cls: type[Encoding]) -> set[str]:
+  """The hook methods (and hook helpers) ``cls`` defines itself or inherits
+  from a subclass of ``Encoding``."""
+  return {h for h in (*_HOOKS, *HOOK_HELPERS) if getattr(cls, h) is not getattr(Encoding, h)}
+
+
+def _check_contract(name: str, cls: type[Encoding]) -> None:
+  """``acts_at`` names exactly the overridden hooks; ``embed`` needs a shared
+  instance (the model calls it once, at the input)."""
+  hooks = overridden_hooks(cls)
+  declared = set(cls.acts_at)
+  if declared != hooks & set(_HOOKS):
+    raise ValueError(f'encoding {name!r}: acts_at: got {sorted(declared)}; allowed: the '
+                     f'hooks it overrides, {sorted(hooks & set(_HOOKS))}')
+  for helper, hook in HOOK_HELPERS.items():
+    if helper in hooks and hook not in declared:
+      raise ValueError(f'encoding {name!r}: overrides {helper} without {hook}; allowed: '
+                       f'{helper} only with {hook}')
+  if EMBED in declared and not cls.shared_across_layers:
+    raise ValueError(f'encoding {name!r}: shared_across_layers: got False with '
+                     f'acts_at {EMBED!r}; allowed: True (embed acts once, on the input)')
 
 
 def register(name: str):
-  """Class decorator: ``@register('alibi')``."""
+  """Class decorator: ``@register('alibi')``; checks the hook contract."""
   def wrap(cls):
     if name in _REGISTRY:
       raise ValueError(f'encoding {name!r} registered twice')
+    _check_contract(name, cls)
     _REGISTRY[name] = cls
     cls.registry_name = name
     return cls

@@ -15,17 +15,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from posjax.encodings.base import BIAS, QK, VALUES, Array, Encoding, relative
+from posjax.encodings.base import (BIAS, QK, VALUES, Encoding, check_base, cos_sin, relative,
+                                   sinusoid_inv_freq)
 from posjax.encodings.registry import register
 
-_init = nn.initializers.normal(0.02)
+_small = nn.initializers.normal(0.02)  # Transformer-XL's init of u and v.
 
 
 @register('shaw')
 class Shaw(Encoding):
-  """Per-layer tables aK, aV ``[2R+1, K]`` shared across heads (as the paper)."""
+  """Per-layer tables aK, aV ``[2R+1, K]`` shared across heads (as the paper).
+
+  Initialised as tensor2tensor's relative embeddings (glorot uniform, std
+  ~0.15 for K = 64): next to keys and values of unit scale, as there. (At
+  normal(0.02) the relative term was 2 % of q.k and a short run gained nothing.)
+  """
   max_relative_position: int = 16
   acts_at = (BIAS, VALUES)
+  translation_invariant = True
+  has_params = True
 
   def __post_init__(self):
     super().__post_init__()
@@ -35,7 +43,7 @@ class Shaw(Encoding):
 
   def setup(self):
     shape = (2 * self.max_relative_position + 1, self.head_dim)
-    init = nn.with_logical_partitioning(_init, ('relpos', 'kv'))
+    init = nn.with_logical_partitioning(nn.initializers.glorot_uniform(), ('relpos', 'kv'))
     self.ak_RxK = self.param('a_k', init, shape, jnp.float32)
     self.av_RxK = self.param('a_v', init, shape, jnp.float32)
 
@@ -61,13 +69,6 @@ class Shaw(Encoding):
     return jnp.einsum('bhlr,rk->blhk', pr_BxHxLxR, self.av_RxK).astype(p_BxHxLxS.dtype)
 
 
-def _sinusoid_features(pos_BxL: Array, dim: int, base: float) -> tuple[Array, Array]:
-  """sin and cos of pos * base^(-2f/dim), each ``[B, L, dim/2]`` float32."""
-  inv_freq_F = base ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
-  angle_BxLxF = pos_BxL.astype(jnp.float32)[..., None] * inv_freq_F
-  return jnp.sin(angle_BxLxF), jnp.cos(angle_BxLxF)
-
-
 @register('transformer_xl')
 class TransformerXL(Encoding):
   """R_d is the interleaved sinusoid of the signed distance d = i - j
@@ -76,10 +77,15 @@ class TransformerXL(Encoding):
   factorised with sin(a-b) = sin a cos b - cos a sin b (and cos likewise) into
   query and key features, so a block costs one [L, S] einsum over rel_dim.
   u enters through ``qk`` (q + u); ``bias`` receives q + u and removes u again.
+  W_R is initialised as the attention's key projection (lecun normal), so
+  W_R R is at the scale of k; u and v at normal(0.02) as the paper's code.
+  (W_R at normal(0.02) made the position term ~0.16 of q.k at D = 128.)
   """
   rel_dim: int | None = None  # d_R; None: model_dim.
   base: float = 10000.0
   acts_at = (QK, BIAS)
+  translation_invariant = True
+  has_params = True
 
   def __post_init__(self):
     super().__post_init__()
@@ -87,18 +93,18 @@ class TransformerXL(Encoding):
                                          and self.rel_dim % 2 == 0):
       raise ValueError(f'model.posenc_args.rel_dim: got {self.rel_dim!r}; allowed: '
                        'None (model_dim) or a positive even integer')
-    if not self.base > 1:
-      raise ValueError(f'model.posenc_args.base: got {self.base!r}; allowed: a number > 1')
+    check_base(self.base)
     if self.rel_dim is None and self.model_dim % 2:
       raise ValueError(f'model.model_dim: got {self.model_dim}; allowed: an even '
                        'integer for posenc=transformer_xl (or set posenc_args.rel_dim)')
 
   def setup(self):
-    hk = nn.with_logical_partitioning(_init, ('heads', 'kv'))
+    hk = nn.with_logical_partitioning(_small, ('heads', 'kv'))
     self.u_HxK = self.param('u', hk, (self.num_heads, self.head_dim), jnp.float32)
     self.v_HxK = self.param('v', hk, (self.num_heads, self.head_dim), jnp.float32)
     self.wr_RxHxK = self.param(
-        'w_r', nn.with_logical_partitioning(_init, ('embed', 'heads', 'kv')),
+        'w_r', nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)), ('embed', 'heads', 'kv')),
         (self.rel_dim or self.model_dim, self.num_heads, self.head_dim), jnp.float32)
 
   def qk(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS):
@@ -115,9 +121,9 @@ class TransformerXL(Encoding):
     # Positions relative to an anchor per row: exact integers, so the result
     # depends on offsets only and float32 phases stay small.
     anchor_Bx1 = kpos_BxS[:, :1]
-    dim = qw_BxLxHxR.shape[-1]
-    sq, cq = (x[:, :, None] for x in _sinusoid_features(qpos_BxL - anchor_Bx1, dim, self.base))
-    sk_BxSxF, ck_BxSxF = _sinusoid_features(kpos_BxS - anchor_Bx1, dim, self.base)
+    inv_freq_F = sinusoid_inv_freq(qw_BxLxHxR.shape[-1], self.base)
+    cq, sq = (x[:, :, None] for x in cos_sin(qpos_BxL - anchor_Bx1, inv_freq_F))
+    ck_BxSxF, sk_BxSxF = cos_sin(kpos_BxS - anchor_Bx1, inv_freq_F)
     # a sin(i-j) + b cos(i-j) = cos_j (a sin_i + b cos_i) + sin_j (b sin_i - a cos_i).
     fq_BxLxHx2F = jnp.concatenate([a_BxLxHxF * sq + b_BxLxHxF * cq,
                                    b_BxLxHxF * sq - a_BxLxHxF * cq], -1)

@@ -4,7 +4,7 @@
 returned as float32); ``apply_rope`` rotates ``[B, L, H, K]`` activations at
 explicit integer positions. All angle math is float32 whatever ``x.dtype``, and
 the angle ``pos * inv_freq`` is split into an exactly representable part plus a
-small remainder (``_cos_sin``), so a bf16 model at position 10^6 gets the same
+small remainder (``base.cos_sin``), so a bf16 model at position 10^6 gets the same
 rotation as a float64 reference to within bf16 rounding.
 
 References: Su et al. 2021 (RoFormer); Chen et al. 2023 (position
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from posjax.encodings.base import QK, Array, Encoding
+from posjax.encodings.base import QK, Array, Encoding, check_base, cos_sin, sinusoid_inv_freq
 from posjax.encodings.registry import register
 
 SCALING_TYPES = ('linear', 'ntk', 'dynamic', 'yarn', 'llama3', 'longrope')
@@ -88,10 +88,9 @@ def rope_inv_freq(dim: int, *, base: float = 10000.0,
   """
   if dim <= 0 or dim % 2:
     raise ValueError(f'rotary dim must be a positive even number, got {dim}')
-  if not base > 1:
-    raise ValueError(f'base: must be > 1, got {base!r}')
+  check_base(base, 'base')
   exponent = np.arange(0, dim, 2, dtype=np.float64) / dim
-  inv_freq = base ** -exponent
+  inv_freq = sinusoid_inv_freq(dim, base)
   if scaling is None:
     return inv_freq.astype(np.float32), 1.0
   s = _check_scaling(scaling, dim)
@@ -132,31 +131,6 @@ def rope_inv_freq(dim: int, *, base: float = 10000.0,
   return inv_freq.astype(np.float32), float(attention_factor)
 
 
-def _cos_sin(pos_BxL: Array, inv_freq_R: Array) -> tuple[Array, Array]:
-  """cos and sin of ``pos * inv_freq``, ``[B, L, R]`` float32.
-
-  Plain float32 ``pos * inv_freq`` is off by up to half an ulp of the angle,
-  0.03 rad at 10^6. Instead positions split into 4096 * hi + lo and each
-  frequency into 12 high and 12 low mantissa bits, so ``hi * f_hi`` is exact
-  (for |pos| < 2^24) and the rest is a float32 sum below ~5000; cos and sin of
-  the sum follow from the addition theorem.
-  """
-  pos_BxL = pos_BxL.astype(jnp.int32)
-  lo_BxLx1 = (pos_BxL & 4095).astype(jnp.float32)[..., None]
-  hi_BxLx1 = (pos_BxL - (pos_BxL & 4095)).astype(jnp.float32)[..., None]
-  f_R = jnp.asarray(inv_freq_R, jnp.float32)
-  f_hi_R = jax.lax.bitcast_convert_type(
-      jax.lax.bitcast_convert_type(f_R, jnp.uint32) & jnp.uint32(0xFFFFF000),
-      jnp.float32)
-  f_lo_R = f_R - f_hi_R
-  big_BxLxR = hi_BxLx1 * f_hi_R
-  small_BxLxR = hi_BxLx1 * f_lo_R + lo_BxLx1 * f_hi_R + lo_BxLx1 * f_lo_R
-  cos_big, sin_big = jnp.cos(big_BxLxR), jnp.sin(big_BxLxR)
-  cos_small, sin_small = jnp.cos(small_BxLxR), jnp.sin(small_BxLxR)
-  return (cos_big * cos_small - sin_big * sin_small,
-          sin_big * cos_small + cos_big * sin_small)
-
-
 def _rotate(x_BxLxHxK: Array, cos_BxLxR: Array, sin_BxLxR: Array,
             layout: str) -> Array:
   """Rotates the first 2R channels pairwise (float32); the rest pass through."""
@@ -191,7 +165,7 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array, *,
     raise ValueError(f'layout: got {layout!r}; allowed: {", ".join(LAYOUTS)}')
   if 2 * len(inv_freq) > x.shape[-1]:
     raise ValueError(f'rotary dim {2 * len(inv_freq)} exceeds head dim {x.shape[-1]}')
-  cos_BxLxR, sin_BxLxR = _cos_sin(positions, inv_freq)
+  cos_BxLxR, sin_BxLxR = cos_sin(positions, inv_freq)
   return _rotate(x, attention_factor * cos_BxLxR, attention_factor * sin_BxLxR, layout)
 
 
@@ -209,7 +183,7 @@ def apply_xpos(x_BxLxHxK: Array, pos_BxL: Array, inv_freq_R: Array, *,
   rel_BxLx1 = (pos_BxL.astype(jnp.int32) - center).astype(jnp.float32)[..., None]
   scale_BxLxR = jnp.exp((-1.0 if downscale else 1.0) * rel_BxLx1 / scale_base
                         * jnp.log(zeta_R.astype(np.float32)))
-  cos_BxLxR, sin_BxLxR = _cos_sin(pos_BxL, inv_freq_R)
+  cos_BxLxR, sin_BxLxR = cos_sin(pos_BxL, inv_freq_R)
   return _rotate(x_BxLxHxK, scale_BxLxR * cos_BxLxR, scale_BxLxR * sin_BxLxR, layout)
 
 
@@ -217,11 +191,6 @@ def _check_layout(layout: str) -> None:
   if layout not in LAYOUTS:
     raise ValueError(f'model.posenc_args.layout: got {layout!r}; allowed: '
                      f'{", ".join(LAYOUTS)}')
-
-
-def _check_base(base: float) -> None:
-  if not base > 1:
-    raise ValueError(f'model.posenc_args.base: got {base!r}; allowed: a number > 1')
 
 
 def _check_head_dim(enc: Encoding, multiple: int) -> None:
@@ -251,9 +220,10 @@ class RoPE(Encoding):
   scaling: Any = None
 
   acts_at = (QK,)
+  translation_invariant = True
 
   def __post_init__(self):
-    _check_base(self.base)
+    check_base(self.base)
     _check_layout(self.layout)
     _check_head_dim(self, 2)
     if not 0 < self.rotary_fraction <= 1 or self.rotary_dim == 0:
@@ -308,9 +278,10 @@ class XPos(Encoding):
   center: int = 0
 
   acts_at = (QK,)
+  translation_invariant = True
 
   def __post_init__(self):
-    _check_base(self.base)
+    check_base(self.base)
     _check_layout(self.layout)
     if not self.scale_base > 0:
       raise ValueError(f'model.posenc_args.scale_base: got {self.scale_base!r}; '
@@ -342,9 +313,11 @@ class RoPE2D(Encoding):
   layout: str = 'half'
 
   acts_at = (QK,)
+  grid_2d = True
+  translation_invariant = True
 
   def __post_init__(self):
-    _check_base(self.base)
+    check_base(self.base)
     _check_layout(self.layout)
     if not self.grid_width > 0:
       raise ValueError(f'model.posenc_args.grid_width: got {self.grid_width!r}; '

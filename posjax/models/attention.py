@@ -50,7 +50,7 @@ def _block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
   if extra is not None:
     out = out + extra.astype(jnp.float32)
   acc = acc * jnp.swapaxes(corr, 1, 2)[..., None] + out
-  return m_new, l * corr + p.sum(-1), acc, enc_carry
+  return (m_new, l * corr + p.sum(-1), acc, enc_carry), p
 
 
 def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
@@ -60,7 +60,8 @@ def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
 
   ``block_size=None`` is dense (one block); otherwise keys are padded to a
   multiple of ``block_size`` and visited from the last block to the first.
-  Returns ``[B, L, H, Kv]`` in v's dtype.
+  Returns ``[B, L, H, Kv]`` in v's dtype, and in one dense block also the
+  probabilities ``[B, H, L, S]`` float32 (None for blockwise).
   """
   B, L, H, _ = q_BxLxHxK.shape
   Kv = v_BxSxHxK.shape[-1]
@@ -69,7 +70,8 @@ def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
   step = functools.partial(_block, enc, q_BxLxHxK, scale=scale)
   if block_size is None or block_size >= k_BxSxHxK.shape[1]:
     mask = _mask(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal)
-    _, l, acc, _ = step(k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, mask, init)
+    (_, l, acc, _), p = step(k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, mask, init)
+    probs = p / jnp.where(l == 0, 1.0, l)[..., None]
   else:
     S = k_BxSxHxK.shape[1]
     n = -(-S // block_size)
@@ -85,11 +87,12 @@ def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
     def body(carry, blk):
       k, v, kpos, kidx, kseg = blk
       mask = _mask(qidx_BxL, kidx, qseg_BxL, kseg, causal)
-      return step(k, v, qpos_BxL, kpos, mask, carry), None
+      return step(k, v, qpos_BxL, kpos, mask, carry)[0], None
 
     (_, l, acc, _), _ = jax.lax.scan(body, init, xs)
+    probs = None
   l = jnp.swapaxes(l, 1, 2)[..., None]
-  return (acc / jnp.where(l == 0, 1.0, l)).astype(v_BxSxHxK.dtype)
+  return (acc / jnp.where(l == 0, 1.0, l)).astype(v_BxSxHxK.dtype), probs
 
 
 class Attention(nn.Module):
@@ -114,9 +117,11 @@ class Attention(nn.Module):
     if decode:
       k, v, kpos, kseg, kidx, idx = self._update_cache(k, v, pos_BxL, seg_BxL)
     block = cfg.block_size if cfg.attention == 'blockwise' else None
-    out = attend(self.encoding, q, k, v, pos_BxL, kpos, idx, kidx, seg_BxL, kseg,
-                 causal=cfg.causal, block_size=block,
-                 scale=cfg.head_dim ** -0.5)
+    out, probs = attend(self.encoding, q, k, v, pos_BxL, kpos, idx, kidx, seg_BxL, kseg,
+                        causal=cfg.causal, block_size=block,
+                        scale=cfg.head_dim ** -0.5)
+    if probs is not None:  # Analysis: ``capture`` the 'intermediates' collection.
+      self.sow('intermediates', 'attention_probs', probs)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
     w_out = self.param('out', nn.with_logical_partitioning(
         nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), ('heads', 'kv', 'embed')),

@@ -11,6 +11,10 @@ ATTENTIONS = ('dense', 'blockwise')
 NORMS = ('layernorm', 'rmsnorm')
 POOLINGS = ('cls', 'mean')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# Rematerialisation of each block: nothing saved ('full') or only the matmuls
+# without batch dimensions, i.e. the weight projections ('dots'); see
+# posjax/models/transformer.py REMAT_POLICIES.
+REMATS = ('none', 'full', 'dots')
 
 
 def _check(ok: bool, field: str, allowed: str, value: Any):
@@ -41,6 +45,8 @@ class ModelConfig:
   num_classes: int = 2        # encoder_classifier / matcher
   pooling: str = 'mean'
   pad_id: int = 0
+  remat: str = 'none'         # rematerialise each block: none, full, dots
+  scan_layers: bool = False   # the layer stack as one nn.scan (params stacked on 'layers')
 
   def __post_init__(self):
     _check(self.kind in KINDS, 'kind', ', '.join(KINDS), self.kind)
@@ -48,6 +54,8 @@ class ModelConfig:
     _check(self.norm in NORMS, 'norm', ', '.join(NORMS), self.norm)
     _check(self.pooling in POOLINGS, 'pooling', ', '.join(POOLINGS), self.pooling)
     _check(self.dtype in DTYPES, 'dtype', ', '.join(DTYPES), self.dtype)
+    _check(self.remat in REMATS, 'remat', ', '.join(REMATS), self.remat)
+    _check(isinstance(self.scan_layers, bool), 'scan_layers', 'True, False', self.scan_layers)
     for f in ('vocab_size', 'num_layers', 'num_heads', 'model_dim', 'mlp_dim',
               'max_len', 'block_size', 'max_random_position', 'num_classes'):
       _check(getattr(self, f) > 0, f, 'a positive integer', getattr(self, f))
@@ -98,11 +106,15 @@ class ModelConfig:
     from posjax import encodings
     return encodings.get(self.posenc)
 
-  def make_encoding(self, name: str | None = None):
-    """A fresh (unbound) encoding module for this geometry."""
+  def make_encoding(self, name: str | None = None, **linen_kw):
+    """A fresh (unbound) encoding module for this geometry.
+
+    ``linen_kw`` goes to the linen constructor (``parent=None``: not a child of
+    the module being defined, e.g. to ``.bind`` it to given variables).
+    """
     from posjax import encodings
     return encodings.make(
-        self.posenc, self.posenc_kwargs(), name=name, num_heads=self.num_heads,
+        self.posenc, self.posenc_kwargs(), name=name, **linen_kw, num_heads=self.num_heads,
         head_dim=self.head_dim, model_dim=self.model_dim,
         max_len=self.max_random_position if self.randomized_positions else self.max_len,
         causal=self.causal)

@@ -3,17 +3,31 @@
 Positions are explicit ``[B, L]`` int arrays threaded through every layer; the
 positional encoding is asked for its hooks (``embed`` at the input, the rest
 inside attention). Encodings that are ``shared_across_layers`` (T5's table,
-absolute tables) are one model-level instance; the others get one per layer.
+absolute tables) are one model-level instance whose variables every block
+receives as an argument; the others get one instance per layer.
+
+``cfg.remat`` rematerialises each block; ``cfg.scan_layers`` runs the stack as
+one ``nn.scan`` with every per-layer variable (params, cache) stacked on a
+leading axis named 'layers'. Both give the plain model's values and gradients;
+``stack_layers`` / ``unstack_layers`` convert between the two parameter layouts.
 """
 from __future__ import annotations
 
+import re
+from typing import Any, Mapping
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from posjax.encodings.base import Encoding
 from posjax.encodings.randomized import randomized_positions
 from posjax.models.attention import Attention
 from posjax.models.config import ModelConfig
+
+# Saved residuals per ``cfg.remat`` (None: nothing saved, all recomputed).
+REMAT_POLICIES = {'full': None,
+                  'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+_LAYER = re.compile(r'layer_\d+')
 
 
 def _norm(cfg: ModelConfig, name: str):
@@ -25,16 +39,24 @@ def _norm(cfg: ModelConfig, name: str):
 
 
 class Block(nn.Module):
+  """One pre-norm layer. ``shared`` holds the model-level encoding's variables
+  (ignored unless the encoding is ``shared_across_layers``)."""
   cfg: ModelConfig
-  shared: Encoding | None  # The model-level encoding, if shared across layers.
+  train: bool = False
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x, pos, seg, *, train: bool, decode: bool):
+  def __call__(self, x, shared, pos, seg):
     cfg = self.cfg
-    enc = self.shared if self.shared is not None else cfg.make_encoding('posenc')
-    drop = nn.Dropout(cfg.dropout_rate, deterministic=not train)
+    if cfg.encoding_class.shared_across_layers:
+      # Bound to the variables passed in (named, so Attention does not adopt
+      # it): nn.scan broadcasts them instead of stacking them per layer.
+      enc = cfg.make_encoding('shared', parent=None).bind(shared)
+    else:
+      enc = cfg.make_encoding('posenc')
+    drop = nn.Dropout(cfg.dropout_rate, deterministic=not self.train)
     h = Attention(cfg, enc, name='attention')(_norm(cfg, 'pre_attention_norm')(x), pos, seg,
-                                             decode=decode)
+                                             decode=self.decode)
     x = x + drop(h)
     h = _norm(cfg, 'pre_mlp_norm')(x)
     dense = lambda n, axes, name: nn.Dense(  # noqa: E731
@@ -45,6 +67,25 @@ class Block(nn.Module):
     h = nn.with_logical_constraint(nn.gelu(h), ('batch', 'length', 'mlp'))
     x = x + drop(dense(cfg.model_dim, ('mlp', 'embed'), 'mlp_out')(h))
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+def _scan_body(block, x, shared, pos, seg):
+  return block(x, shared, pos, seg), None
+
+
+def _layer_stack(cfg: ModelConfig, x, shared, pos, seg, *, train: bool, decode: bool):
+  """The ``num_layers`` blocks, plain / rematerialised / scanned per ``cfg``."""
+  block = Block
+  if cfg.remat != 'none':
+    block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+  if not cfg.scan_layers:
+    for i in range(cfg.num_layers):
+      x = block(cfg, train=train, decode=decode, name=f'layer_{i}')(x, shared, pos, seg)
+    return x
+  scan = nn.scan(_scan_body, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+                 split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
+                 length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+  return scan(block(cfg, train=train, decode=decode, name='layers'), x, shared, pos, seg)[0]
 
 
 class Encoder(nn.Module):
@@ -59,10 +100,10 @@ class Encoder(nn.Module):
             nn.initializers.normal(1.0), ('vocab', 'embed')))
     shared = cfg.encoding_class.shared_across_layers
     self.posenc = cfg.make_encoding() if shared else None
-    self.layers = [Block(cfg, self.posenc, name=f'layer_{i}') for i in range(cfg.num_layers)]
     self.final_norm = _norm(cfg, 'final_norm')
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
+  @nn.compact
   def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, *,
                train: bool = False, decode: bool = False):
     cfg = self.cfg
@@ -74,13 +115,14 @@ class Encoder(nn.Module):
     if cfg.randomized_positions and train:
       pos = randomized_positions(self.make_rng('positions'), pos, cfg.max_random_position)
     x = self.embedding(tokens_BxL)
+    shared = None
     if self.posenc is not None:  # Only shared encodings act on the embedding.
-      x = self.posenc.embed(x, pos)
+      x = self.posenc.embed(x, pos)  # Also runs its setup: its params exist now.
+      shared = self.posenc.variables
     x = x.astype(cfg.activation_dtype)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     x = self.dropout(x, deterministic=not train)
-    for layer in self.layers:
-      x = layer(x, pos, seg, train=train, decode=decode)
+    x = _layer_stack(cfg, x, shared, pos, seg, train=train, decode=decode)
     return self.final_norm(x)
 
   def logits(self, x_BxLxD):
@@ -161,3 +203,31 @@ def build(cfg: ModelConfig) -> nn.Module:
   """The model for ``cfg.kind``."""
   return {'decoder': Decoder, 'encoder_classifier': EncoderClassifier,
           'matcher': Matcher}[cfg.kind](cfg)
+
+
+def stack_layers(tree: Mapping[str, Any]) -> dict:
+  """Plain layout (``layer_0 ... layer_{n-1}``) -> ``scan_layers`` layout.
+
+  Works on unboxed params or cache trees (e.g. converting a checkpoint): every
+  dict holding ``layer_i`` keys gets one ``layers`` entry stacked on axis 0.
+  """
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {k: stack_layers(v) for k, v in tree.items() if not _LAYER.fullmatch(k)}
+  n = sum(1 for k in tree if _LAYER.fullmatch(k))
+  if n:
+    out['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                 *(tree[f'layer_{i}'] for i in range(n)))
+  return out
+
+
+def unstack_layers(tree: Mapping[str, Any]) -> dict:
+  """The inverse of ``stack_layers``."""
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {k: unstack_layers(v) for k, v in tree.items() if k != 'layers'}
+  if 'layers' in tree:
+    n = jax.tree.leaves(tree['layers'])[0].shape[0]
+    for i in range(n):
+      out[f'layer_{i}'] = jax.tree.map(lambda x: x[i], tree['layers'])
+  return out

@@ -1,0 +1,141 @@
+"""Length generalisation: Delétang et al. 2023 / Ruoss et al. 2023.
+
+  python experiments/length_generalization.py --workdir=/tmp/lg --scale=local
+  python experiments/length_generalization.py --workdir=/shared/lg --scale=paper \
+      --config.data.data_dir=$DATA --launcher=slurm
+
+Every synthetic task of ``posjax.data.synthetic`` x encodings x {ordinary,
+randomized positions} (``configs/synthetic.py``): trained on lengths 1..N, tested
+on N+1..10N. The report gives, per (task, encoding, randomized), the mean
+out-of-distribution sequence accuracy over the test lengths beside the
+in-distribution accuracy, and flags a run that did not learn the task in
+distribution (final training token accuracy on the answers below
+``LEARNED``): its out-of-distribution numbers say nothing about extrapolation.
+In-distribution accuracy is the training token accuracy because the ``sequence``
+task evaluates on the test lengths only.
+
+Scales (posjax's choices):
+  local: the ``small`` datasets (N=20, built into DIR/tfds automatically), encodings
+         rope and alibi, 2 layers x 64 dims, 2000 steps of batch 32, peak rate 1e-3.
+  paper: the ``full`` datasets (N=40, test to 400; build them first, the suite says
+         how), Ruoss et al.'s encodings (none, sinusoidal, transformer_xl, rope,
+         alibi), configs/synthetic.py's model and 100k steps.
+"""
+import os
+import statistics
+import sys
+
+from posjax import experiments
+from posjax import report as report_lib
+from posjax.data import synthetic
+
+NAME = 'length_generalization'
+DESCRIPTION = ('Deletang et al. 2023 / Ruoss et al. 2023: synthetic tasks x encodings x '
+               '{ordinary, randomized positions}, trained on lengths 1..N and tested up to '
+               '10N; mean out-of-distribution sequence accuracy. Ruoss et al. report +12.0% '
+               'mean OOD accuracy from randomized positions.')
+LEARNED = 0.9  # In-distribution token accuracy below this: the task was not learned.
+SCALES = {
+    'local': dict(size='small', runlocal=True, encodings=('rope', 'alibi'), overrides={
+        'data.data_dir': '{suite_dir}/tfds', 'num_train_steps': 2_000, 'warmup_steps': 100,
+        'batch_size': 32, 'eval_batch_size': 16, 'num_eval_batches': 1,
+        'eval_every_steps': 2_000, 'checkpoint_every_steps': 500, 'log_every_steps': 100}),
+    'paper': dict(size='full', runlocal=False,
+                  encodings=('none', 'sinusoidal', 'transformer_xl', 'rope', 'alibi'),
+                  overrides={}),
+}
+
+
+def run_name(task: str, posenc: str, randomized: bool) -> str:
+  return f'{task}-{posenc}' + ('-randomized' if randomized else '')
+
+
+def runs(scale: str) -> list[experiments.Run]:
+  s = SCALES[scale]
+  out = []
+  for task in synthetic.TASKS:
+    for posenc in s['encodings']:
+      for randomized in (False, True):
+        arg = f'task={task},posenc={posenc},randomized={randomized},size={s["size"]}'
+        out.append(experiments.Run(run_name(task, posenc, randomized), 'configs/synthetic.py',
+                                   arg + (',runlocal' if s['runlocal'] else ''),
+                                   s['overrides']))
+  return out
+
+
+def _missing(data_dir: str, size: str) -> list[str]:
+  return [t for t in synthetic.TASKS if not os.path.isdir(os.path.join(data_dir, t, size))]
+
+
+def requirements(scale: str, overrides: dict, selected=()) -> list[str]:
+  """Paper scale: the ``full`` datasets must be built into --config.data.data_dir."""
+  if scale == 'local':
+    return []
+  data_dir = os.path.expanduser(overrides.get('data.data_dir', ''))
+  if not data_dir:
+    return [f'python -m posjax.data.build {t} --data_dir=DATA --size=full'
+            for t in synthetic.TASKS] + ['then pass --config.data.data_dir=DATA']
+  return [f'python -m posjax.data.build {t} --data_dir={data_dir} --size=full'
+          for t in _missing(data_dir, 'full')]
+
+
+def prepare(suite_dir: str, scale: str, overrides: dict) -> None:
+  """Local scale: builds the ``small`` datasets into DIR/tfds (reused when built)."""
+  if scale != 'local' or 'data.data_dir' in overrides:
+    return
+  from posjax.data import builders
+  size = overrides.get('data.size', SCALES['local']['size'])
+  for task in _missing(os.path.join(suite_dir, 'tfds'), size):
+    print(f'building {task}/{size} into {suite_dir}/tfds', flush=True)
+    builders.build(task, data_dir=os.path.join(suite_dir, 'tfds'), size=size)
+
+
+def _key(r):
+  """(task, encoding, randomized) of a run from its config (else its name)."""
+  if r.config is not None:
+    return r.config.data.name, r.config.model.posenc, bool(r.config.model.randomized_positions)
+  task = next((t for t in synthetic.TASKS if r.name.startswith(t + '-')), r.name)
+  rest = r.name[len(task) + 1:]
+  return task, rest.removesuffix('-randomized'), rest.endswith('-randomized')
+
+
+def ood(r):
+  acc = report_lib.metric_by_suffix(r, 'eval/sequence_accuracy@')
+  return statistics.fmean(acc.values()) if acc else None
+
+
+def in_distribution(r):
+  return r.final.get('train/accuracy')
+
+
+def report(suite_dir: str, records) -> str:
+  col = lambda r: f'{_key(r)[1]}{" +rand" if _key(r)[2] else ""}'
+  mean = report_lib.pivot(records, row=lambda r: _key(r)[0], col=col, value=ood)
+  per_run = report_lib.pivot(records, row=lambda r: r.name, value=lambda r: {
+      'in-distribution': in_distribution(r), 'OOD mean': ood(r),
+      'learned': 'yes' if (in_distribution(r) or 0) >= LEARNED else 'NO'})
+  report_lib.write_csv(os.path.join(suite_dir, 'results.csv'),
+                       {'ood_mean': mean, 'per_run': per_run})
+  report_lib.plot_heatmap(mean, title='Mean OOD sequence accuracy', vmin=0, vmax=1,
+                          path=os.path.join(suite_dir, 'ood_accuracy.png'))
+  gains = _randomized_gain(records)
+  parts = [report_lib.to_markdown(mean, title='Mean out-of-distribution sequence accuracy'),
+           '![OOD accuracy](ood_accuracy.png)\n',
+           report_lib.to_markdown(per_run, title=f'Per run (learned: in-distribution token '
+                                                 f'accuracy >= {LEARNED})'),
+           'Mean OOD gain of randomized positions over ordinary ones (runs that learned '
+           f'the task, both variants): {gains}; Ruoss et al. 2023: +12.0%.\n']
+  return '\n'.join(parts)
+
+
+def _randomized_gain(records) -> str:
+  by_key = {_key(r): r for r in records if r.status == 'finished'}
+  diffs = [ood(r) - ood(by_key[k[:2] + (False,)]) for k, r in by_key.items()
+           if k[2] and k[:2] + (False,) in by_key
+           and all((in_distribution(x) or 0) >= LEARNED for x in (r, by_key[k[:2] + (False,)]))
+           and ood(r) is not None and ood(by_key[k[:2] + (False,)]) is not None]
+  return f'{100 * statistics.fmean(diffs):+.1f}% over {len(diffs)} pairs' if diffs else 'n/a'
+
+
+if __name__ == '__main__':
+  experiments.run_suite(sys.modules[__name__])
