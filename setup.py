@@ -25,8 +25,10 @@ setup(
         'submitit>=1.5.4',  # experiments --launcher=slurm (job arrays).
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'matplotlib>=3.9'],
-        'notebooks': ['matplotlib>=3.9', 'jupyter'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'matplotlib>=3.9', 'nbclient>=0.10',
+                 'nbformat>=5.10', 'ipykernel>=6.29'],
+        'notebooks': ['matplotlib>=3.9', 'jupyter', 'nbclient>=0.10', 'nbformat>=5.10',
+                      'ipykernel>=6.29'],
     },
     entry_points={'console_scripts': ['posjax=posjax.main:run']},
 )
