@@ -24,7 +24,13 @@ def test_sweep_lists_every_encoding():
   assert sorted(o['model.posenc'] for o in mod.sweep()) == encodings.names()
 
 
-@pytest.mark.parametrize('posenc', encodings.names())
+# One encoding per hook (embed, qk, shared bias, values, carried bias) by default;
+# the rest (same code paths, also covered per encoding by test_models.py) with --runslow.
+_DEFAULT = ('learned', 'rope', 't5', 'shaw', 'cope')
+
+
+@pytest.mark.parametrize('posenc', [n if n in _DEFAULT else pytest.param(n, marks=pytest.mark.slow)
+                                    for n in encodings.names()])
 def test_every_encoding_trains_through_main(posenc, corpus, tmp_path, capsys):
   c = lm_config(f'runlocal,posenc={posenc}')
   c.data.path = corpus
