@@ -32,25 +32,33 @@ def _flags() -> flags.FlagValues:
   return fv
 
 
-def _fail(message: str) -> int:
+def fail(message: str) -> int:
   sys.stderr.write(f'error: {message}\n')
   return 2
 
 
-def main(argv: list[str]) -> int:
-  fv = _flags()
+def parse(fv: flags.FlagValues, argv: list[str], doc: str) -> list[str] | int:
+  """The positional arguments of a data CLI, or its exit code: 0 after --help,
+  2 after a one-line error for a bad flag."""
   if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
-    print(__doc__ + '\n' + fv.get_help())
+    print(doc + '\n' + fv.get_help())
     return 0
   try:
-    args = fv(argv)
+    return fv(argv)
   except flags.Error as e:
     allowed = ', '.join(f'--{f}' for f in fv)
-    return _fail(f'flags: {str(e).splitlines()[0]}; allowed: {allowed}')
+    return fail(f'flags: {str(e).splitlines()[0]}; allowed: {allowed}')
+
+
+def main(argv: list[str]) -> int:
+  fv = _flags()
+  args = parse(fv, argv, __doc__)
+  if isinstance(args, int):
+    return args
   if len(args) != 2:
-    return _fail(f'name: got {args[1:]}; allowed: one of {", ".join(sorted(builders.BUILDERS))}')
+    return fail(f'name: got {args[1:]}; allowed: one of {", ".join(sorted(builders.BUILDERS))}')
   if not fv.data_dir:
-    return _fail('data_dir: got nothing; allowed: --data_dir=DIR, where the dataset is written')
+    return fail('data_dir: got nothing; allowed: --data_dir=DIR, where the dataset is written')
   name, size = args[1], fv.size
   full = f'{name}/{size}'
   tfds.disable_progress_bar()  # TFDS's bars (several per split): ours instead.
@@ -60,7 +68,7 @@ def main(argv: list[str]) -> int:
     with tqdm.tqdm(desc=full, unit=' examples', leave=False, delay=0.5, file=sys.stderr) as bar:
       note = prepared.prepare(builder, progress=bar)
   except ValueError as e:
-    return _fail(str(e))
+    return fail(str(e))
   if note:
     print(f'{full}: {note}')
   for split, info in builder.info.splits.items():

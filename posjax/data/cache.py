@@ -22,7 +22,7 @@ import time
 
 from absl import flags
 
-from posjax.data import prepared, text
+from posjax.data import build, prepared, text
 
 DAY = 86400.0
 KEEP = ('current', 'building')  # States --prune keeps (unless --older_than).
@@ -115,26 +115,16 @@ def _flags() -> flags.FlagValues:
   return fv
 
 
-def _fail(message: str) -> int:
-  sys.stderr.write(f'error: {message}\n')
-  return 2
-
-
 def main(argv: list[str]) -> int:
   fv = _flags()
-  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
-    print(__doc__ + '\n' + fv.get_help())
-    return 0
-  try:
-    args = fv(argv)
-  except flags.Error as e:
-    return _fail(f'flags: {str(e).splitlines()[0]}; allowed: '
-                 f'{", ".join(f"--{f}" for f in fv)}')
+  args = build.parse(fv, argv, __doc__)
+  if isinstance(args, int):
+    return args
   if len(args) > 1 or fv.list == fv.prune:
-    return _fail(f'flags: got {" ".join(argv[1:]) or "nothing"}; allowed: --list, or '
+    return build.fail(f'flags: got {" ".join(argv[1:]) or "nothing"}; allowed: --list, or '
                  '--prune [--older_than=DAYS]')
   if fv.older_than is not None and (fv.list or fv.older_than < 0):
-    return _fail(f'older_than: got {fv.older_than}{" with --list" if fv.list else ""}; '
+    return build.fail(f'older_than: got {fv.older_than}{" with --list" if fv.list else ""}; '
                  'allowed: a number of days >= 0, with --prune')
   cache_dir = os.path.expanduser(fv.cache_dir or text.cache_dir())
   if fv.list:
