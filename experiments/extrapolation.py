@@ -11,7 +11,8 @@ evaluation length (it is marked so: it was never trained past L).
 
 Scales (posjax's choices where the paper's setting does not apply to bytes):
   local: L=64, 2 layers, 4 heads, 128 dims, batch 16, 300 steps, AdamW peak 1e-3,
-         eval at 64..1024 on 2 batches of 8 windows each.
+         eval at 64..1024 on the same 16 windows of 1024 bytes
+         (cut into 1024/n rows at length n: every length scores the same bytes).
   paper: the paper's WikiText-103 model (16 layers, 8 heads, 1024 dims, MLP 4096)
          at L=512, 50k steps of 64 x 512 bytes, eval 512..16384 (blockwise attention).
 Any corpus: ``--config.data.path='~/corpus/*.txt'`` (passed to every run).

@@ -15,22 +15,33 @@ def plot_lines(series: dict[str, dict[float, float]], *, xlabel: str, ylabel: st
   """A line per series ``{label: {x: y}}`` (points in x order; an empty series is
   still a labelled line, so a missing run stays in the legend). ``marks``: a
   matplotlib format string per label (default 'o-')."""
+  import matplotlib
+  import matplotlib.ticker
   fig, ax = _axes(ax)
   xs_all = set()
-  for label, points in series.items():
+  # tab20 beyond 10 lines: 15 encodings must not share colours.
+  colors = matplotlib.colormaps['tab10' if len(series) <= 10 else 'tab20'].colors
+  for n, (label, points) in enumerate(series.items()):
     xs = sorted(points)
     xs_all.update(xs)
-    ax.plot(xs, [points[x] for x in xs], (marks or {}).get(label, 'o-'), label=label)
+    ax.plot(xs, [points[x] for x in xs], (marks or {}).get(label, 'o-'), label=label,
+            color=colors[n % len(colors)])
   if logx:
     ax.set_xscale('log')
     if 0 < len(xs_all) <= 12:  # Few x values (eval lengths): label each one.
       ax.set_xticks(sorted(xs_all), labels=[f'{x:g}' for x in sorted(xs_all)])
       ax.minorticks_off()
-  if logy:
+  logy = logy and any(y > 0 for points in series.values() for y in points.values())
+  if logy:  # (No positive data: a log axis would raise.)
     ax.set_yscale('log')
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   ax.grid(True, alpha=0.3)
-  if series:
+  if logy:  # Plain numbers on a log axis, not 2.4 x 10^1.
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+  if len(series) > 6:  # Many lines: the legend beside the axes, not over the data.
+    ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  elif series:
     ax.legend(fontsize='small')
   return _save(fig, path)
 

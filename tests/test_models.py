@@ -230,6 +230,6 @@ def test_bad_model_config_names_the_field():
   with pytest.raises(ValueError, match='model.num_heads'):
     _cfg('rope', num_heads=3)
   with pytest.raises(ValueError, match='model.attention'):
-    _cfg('rope', attention='flash')
+    _cfg('rope', attention='flashy')
   with pytest.raises(ValueError, match='model.posenc_args'):
     _cfg('alibi', posenc_args={'bogus': 1})

@@ -133,6 +133,20 @@ def test_lm_eval_windows_are_fixed_and_split_across_processes(built):
                       num_batches=1)
 
 
+def test_lm_eval_span_scores_the_same_tokens_at_every_length(built):
+  _, src = built
+  kw = dict(tokenize=_tokenize, batch_size=2, num_batches=2, span=64)
+  longest = pipelines.lm_eval(src['validation'], length=64, **kw)
+  short = pipelines.lm_eval(src['validation'], length=16, **kw)
+  assert short[0]['inputs'].shape == (8, 16)
+  for key in ('inputs', 'targets'):  # The same tokens, in 16-token rows.
+    np.testing.assert_array_equal(np.concatenate([b[key] for b in short]).reshape(-1),
+                                  np.concatenate([b[key] for b in longest]).reshape(-1))
+  np.testing.assert_array_equal(short[1]['positions'], np.tile(np.arange(16), (8, 1)))
+  with pytest.raises(ValueError, match='^eval_lengths: 24 does not divide'):
+    pipelines.lm_eval(src['validation'], length=24, **kw)
+
+
 def _lm_config(**data):
   return ml_collections.ConfigDict({'task': 'lm', 'data': {
       'name': 'local_text', 'path': '', 'data_dir': '', 'size': 'full', 'text_key': '',

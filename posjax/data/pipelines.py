@@ -330,7 +330,7 @@ def lm_train(source: Sequence, *, tokenize: Callable[[Any], np.ndarray], seq_len
 
 def lm_eval(source: Sequence, *, tokenize: Callable[[Any], np.ndarray], length: int,
             batch_size: int, num_batches: int, process_index: int = 0,
-            process_count: int = 1) -> list[Batch]:
+            process_count: int = 1, span: Optional[int] = None) -> list[Batch]:
   """``num_batches`` batches of unpacked ``length``-token windows, the same ones
   every call (positions 0..length-1, one segment per row).
 
@@ -338,9 +338,22 @@ def lm_eval(source: Sequence, *, tokenize: Callable[[Any], np.ndarray], length: 
   (document ``i`` starts at its window ``i mod n``, so rows are not all file
   headers), rounds repeat until ``batch_size * num_batches`` rows exist, and
   process ``p`` takes rows ``p, p + P, ...``.
+
+  ``span`` (a multiple of ``length``): the windows are those of length ``span``,
+  each cut into ``span / length`` rows, so every evaluation length scores the
+  same tokens and only the context differs (Press et al.'s comparison); a batch
+  then has ``batch_size * span / length`` rows.
   """
   _check_process(process_index, process_count)
   _check_batch_size(batch_size)
+  if span is not None and span != length:
+    if span % length:
+      raise ValueError(f'eval_lengths: {length} does not divide the span {span}')
+    cut = span // length
+    batches = lm_eval(source, tokenize=tokenize, length=span, batch_size=batch_size,
+                      num_batches=num_batches, process_index=process_index,
+                      process_count=process_count)
+    return [_cut(b, cut) for b in batches]
   need = batch_size * process_count * num_batches
   document = _document(tokenize)
   docs, rows = [], []  # Documents with at least one full window.
@@ -363,6 +376,14 @@ def lm_eval(source: Sequence, *, tokenize: Callable[[Any], np.ndarray], length: 
   positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length)).copy()
   return [{'inputs': t[:, :-1], 'targets': t[:, 1:], 'segment_ids': ones, 'positions': positions}
           for t in (tokens[i * batch_size:(i + 1) * batch_size] for i in range(num_batches))]
+
+
+def _cut(batch: Batch, n: int) -> Batch:
+  """Each row of ``batch`` as ``n`` consecutive rows (positions restart at 0)."""
+  b, span = batch['inputs'].shape
+  out = {k: v.reshape(b * n, span // n) for k, v in batch.items()}
+  out['positions'] = out['positions'] - out['positions'][:, :1]
+  return out
 
 
 def _window(tokens: np.ndarray, length: int, k: int) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 ``attend`` is the single block computation behind both implementations:
 ``dense`` runs it once over all keys (the reference), ``blockwise`` scans it over
-key blocks with an online softmax (flash-style), so no ``[H, L, S]`` array of
-the full length exists and memory grows linearly with length. Attention never
+key blocks with an online softmax, so no ``[H, L, S]`` array of the full length
+exists and memory grows linearly with length; ``flash`` (``posjax.models.flash``)
+tiles queries too, skips empty tiles and has its own backward pass. Attention never
 branches on encoding names: every hook of ``posjax.encodings.base.Encoding`` is
 called, and the identity defaults cost nothing.
 """
@@ -18,10 +19,10 @@ import jax.numpy as jnp
 from posjax.encodings.base import Encoding
 from posjax.models.config import ModelConfig
 
-_NEG = -1e30  # Finite "minus infinity": keeps fully masked rows NaN-free.
+NEG = -1e30  # Finite "minus infinity": keeps fully masked rows NaN-free.
 
 
-def _mask(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal: bool):
+def allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal: bool):
   """True where query i may attend key j: same segment, and j <= i if causal.
 
   Indices are token slots (not positions: positions may be randomized or
@@ -33,7 +34,7 @@ def _mask(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal: bool):
   return ok
 
 
-def _block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
+def block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
   """Logits, bias, probabilities and value sums for one key block."""
   m, l, acc, enc_carry = carry
   logits = jnp.einsum('blhk,bshk->bhls', q, k,
@@ -41,7 +42,7 @@ def _block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
   bias, enc_carry = enc.bias(q, k, qpos, kpos, mask, enc_carry)
   if bias is not None:
     logits = logits + bias
-  logits = jnp.where(mask[:, None], logits, _NEG)
+  logits = jnp.where(mask[:, None], logits, NEG)
   m_new = jnp.maximum(m, logits.max(-1))
   p = jnp.exp(logits - m_new[..., None]) * mask[:, None]
   corr = jnp.exp(m - m_new)
@@ -65,11 +66,11 @@ def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
   """
   B, L, H, _ = q_BxLxHxK.shape
   Kv = v_BxSxHxK.shape[-1]
-  init = (jnp.full((B, H, L), _NEG, jnp.float32), jnp.zeros((B, H, L), jnp.float32),
+  init = (jnp.full((B, H, L), NEG, jnp.float32), jnp.zeros((B, H, L), jnp.float32),
           jnp.zeros((B, L, H, Kv), jnp.float32), enc.init_carry(q_BxLxHxK))
-  step = functools.partial(_block, enc, q_BxLxHxK, scale=scale)
+  step = functools.partial(block, enc, q_BxLxHxK, scale=scale)
   if block_size is None or block_size >= k_BxSxHxK.shape[1]:
-    mask = _mask(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal)
+    mask = allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal)
     (_, l, acc, _), p = step(k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, mask, init)
     probs = p / jnp.where(l == 0, 1.0, l)[..., None]
   else:
@@ -86,7 +87,7 @@ def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
     @jax.checkpoint  # Keep only the carries: memory linear in length.
     def body(carry, blk):
       k, v, kpos, kidx, kseg = blk
-      mask = _mask(qidx_BxL, kidx, qseg_BxL, kseg, causal)
+      mask = allowed(qidx_BxL, kidx, qseg_BxL, kseg, causal)
       return step(k, v, qpos_BxL, kpos, mask, carry)[0], None
 
     (_, l, acc, _), _ = jax.lax.scan(body, init, xs)
@@ -116,10 +117,15 @@ class Attention(nn.Module):
     kidx, kpos, kseg = idx, pos_BxL, seg_BxL
     if decode:
       k, v, kpos, kseg, kidx, idx = self._update_cache(k, v, pos_BxL, seg_BxL)
-    block = cfg.block_size if cfg.attention == 'blockwise' else None
-    out, probs = attend(self.encoding, q, k, v, pos_BxL, kpos, idx, kidx, seg_BxL, kseg,
-                        causal=cfg.causal, block_size=block,
-                        scale=cfg.head_dim ** -0.5)
+    args = (self.encoding, q, k, v, pos_BxL, kpos, idx, kidx, seg_BxL, kseg)
+    if cfg.attention == 'flash' and not self.is_initializing():  # (Init: dense makes params.)
+      from posjax.models import flash  # (flash builds on this module.)
+      out, probs = flash.attend(*args, causal=cfg.causal, block_q=cfg.block_size,
+                                block_k=cfg.block_size, scale=cfg.head_dim ** -0.5), None
+    else:
+      block = cfg.block_size if cfg.attention == 'blockwise' else None
+      out, probs = attend(*args, causal=cfg.causal, block_size=block,
+                          scale=cfg.head_dim ** -0.5)
     if probs is not None:  # Analysis: ``capture`` the 'intermediates' collection.
       self.sow('intermediates', 'attention_probs', probs)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 KINDS = ('decoder', 'encoder_classifier', 'matcher')
-ATTENTIONS = ('dense', 'blockwise')
+ATTENTIONS = ('dense', 'blockwise', 'flash')
 NORMS = ('layernorm', 'rmsnorm')
 POOLINGS = ('cls', 'mean')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -39,7 +39,7 @@ class ModelConfig:
   posenc: str = 'rope'
   posenc_args: tuple = ()     # sorted (key, value) pairs: hashable for jit
   attention: str = 'dense'
-  block_size: int = 128       # blockwise attention: query and key block size
+  block_size: int = 128       # blockwise / flash attention: query and key block size
   randomized_positions: bool = False
   max_random_position: int = 2048
   num_classes: int = 2        # encoder_classifier / matcher

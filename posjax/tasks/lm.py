@@ -58,10 +58,13 @@ class LanguageModelling(Task):
   def eval_sets(self, process_index=0, process_count=1):
     c = self.config
     split = self.source[inputs.eval_split(c, self.source)]
-    return {int(n): pipelines.lm_eval(
-        split, tokenize=self._tokenize(), length=int(n), num_batches=c.num_eval_batches,
-        **self.shard(c.eval_batch_size, process_index, process_count))
-            for n in c.eval_lengths}
+    lengths = [int(n) for n in c.eval_lengths]
+    # Every length scores the same tokens when the lengths divide the longest.
+    span = max(lengths) if all(max(lengths) % n == 0 for n in lengths) else None
+    return {n: pipelines.lm_eval(
+        split, tokenize=self._tokenize(), length=n, num_batches=c.num_eval_batches,
+        span=span, **self.shard(c.eval_batch_size, process_index, process_count))
+            for n in lengths}
 
   def summarize(self, sums, suffix=''):
     out = super().summarize(sums, suffix)

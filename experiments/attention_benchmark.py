@@ -1,0 +1,136 @@
+"""Attention benchmark: time and peak memory of forward + backward per implementation.
+
+  python experiments/attention_benchmark.py                     # the README table
+  python experiments/attention_benchmark.py --lengths=1024,4096 --posencs=rope,alibi \
+      --attentions=blockwise,flash --repeats=3 --csv=/tmp/bench.csv
+
+One decoder layer (model_dim 128, 4 heads of 32, batch 1, float32 unless
+``--dtype``), ``jax.value_and_grad`` of a weighted sum of its logits with respect to
+every parameter, compiled once per (encoding, implementation, length); the time is
+the median of ``--repeats`` runs after one warm-up run. Memory is XLA's own
+account of the compiled program (``memory_analysis()``: arguments + outputs +
+temporaries), which on CPU is what the run allocates at its peak.
+
+``matmul`` is the reference every implementation is measured against: the
+attention's matrix multiplications alone (QK^T and PV, forward and their
+gradients) over the causal lower triangle only, tile by tile, for the same shapes.
+``dense`` is left out (``skip``) above ``--dense_max`` tokens: its ``[H, L, L]``
+arrays alone exceed this machine's memory there.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+
+from posjax import models
+
+flags.DEFINE_list('lengths', ['1024', '4096', '8192', '16384'], 'Sequence lengths.')
+flags.DEFINE_list('posencs', ['none', 'rope', 'alibi', 't5', 'kerple_log', 'fire'],
+                  'Encodings (posjax.encodings names).')
+flags.DEFINE_list('attentions', ['dense', 'blockwise', 'flash'], 'model.attention values.')
+flags.DEFINE_integer('block_size', 512, 'model.block_size (blockwise and flash).')
+flags.DEFINE_integer('dense_max', 8192, 'Longest length at which dense runs.')
+flags.DEFINE_integer('repeats', 3, 'Timed runs per cell (median).')
+flags.DEFINE_string('dtype', 'float32', 'model.dtype.')
+flags.DEFINE_string('csv', '', 'Also write the rows to this CSV file.')
+FLAGS = flags.FLAGS
+
+DIM, HEADS, VOCAB = 128, 4, 256
+
+
+def _time(fn, *args) -> tuple[float, float]:
+  """(median seconds, peak bytes) of a compiled ``fn(*args)``."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  mem = compiled.memory_analysis()
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+          if mem is not None else float('nan'))
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(FLAGS.repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times), peak
+
+
+def layer_step(posenc: str, attention: str, length: int):
+  """``(loss_and_grads, params, batch)`` of one decoder layer at this length."""
+  cfg = models.ModelConfig.from_config(dict(
+      kind='decoder', vocab_size=VOCAB, num_layers=1, num_heads=HEADS, model_dim=DIM,
+      mlp_dim=4 * DIM, max_len=length, posenc=posenc, attention=attention,
+      block_size=FLAGS.block_size, dtype=FLAGS.dtype))
+  model = models.build(cfg)
+  tokens = jax.random.randint(jax.random.key(0), (1, length), 0, VOCAB)
+  pos = jnp.arange(length, dtype=jnp.int32)[None]
+  seg = jnp.ones((1, length), jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(1), tokens, pos, seg)['params']
+  w = jax.random.normal(jax.random.key(2), (1, length, VOCAB))
+
+  def loss_and_grads(params, tokens):
+    loss = lambda p: (model.apply({'params': p}, tokens, pos, seg) * w).sum()  # noqa: E731
+    return jax.value_and_grad(loss)(params)
+  return loss_and_grads, params, tokens
+
+
+def causal_matmuls(length: int, tile: int):
+  """QK^T and PV with their gradients over the lower triangle of ``tile`` tiles."""
+  K = DIM // HEADS
+  qkv = jax.random.normal(jax.random.key(3), (3, 1, length, HEADS, K), jnp.dtype(FLAGS.dtype))
+
+  def f(qkv):
+    q, k, v = qkv
+    total = 0.0
+    for i in range(0, length, tile):
+      end = min(i + tile, length)
+      s = jnp.einsum('blhk,bshk->bhls', q[:, i:end], k[:, :end])
+      total += jnp.einsum('bhls,bshk->blhk', s, v[:, :end]).astype(jnp.float32).sum()
+    return total
+  return jax.value_and_grad(f), qkv
+
+
+def rows():
+  for length in map(int, FLAGS.lengths):
+    fn, qkv = causal_matmuls(length, FLAGS.block_size)
+    matmul, _ = _time(fn, qkv)
+    for posenc in FLAGS.posencs:
+      row = {'length': length, 'posenc': posenc, 'matmul_s': matmul}
+      for attention in FLAGS.attentions:
+        if attention == 'dense' and length > FLAGS.dense_max:
+          row[f'{attention}_s'] = row[f'{attention}_gb'] = None
+          continue
+        sec, peak = _time(*layer_step(posenc, attention, length))
+        row[f'{attention}_s'], row[f'{attention}_gb'] = sec, peak / 2 ** 30
+      yield row
+
+
+def _fmt(v) -> str:
+  return 'skip' if v is None else f'{v:.3g}'
+
+
+def main(argv):
+  del argv
+  header = None
+  out = []
+  for row in rows():
+    if header is None:
+      header = list(row)
+      print('| ' + ' | '.join(header) + ' |')
+      print('|' + '---|' * len(header))
+    print('| ' + ' | '.join(_fmt(row[h]) if h not in ('length', 'posenc') else str(row[h])
+                            for h in header) + ' |', flush=True)
+    out.append(row)
+  print(f'# {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, '
+        f'block_size {FLAGS.block_size}, dtype {FLAGS.dtype}', flush=True)
+  if FLAGS.csv:
+    with open(FLAGS.csv, 'w') as f:
+      f.write(','.join(header) + '\n')
+      for r in out:
+        f.write(','.join('' if r[h] is None else str(r[h]) for h in header) + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main)

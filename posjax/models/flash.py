@@ -1,0 +1,253 @@
+"""Flash attention with a custom VJP: queries and keys both tiled, empty tiles skipped.
+
+The portable implementation (any backend, and the reference for the kernels in
+``posjax.models.kernels``). The forward pass keeps only the output and the
+per-row log-sum-exp; the backward pass recomputes each tile's probabilities
+(FlashAttention-2: ``D_i = dO_i . O_i``, ``dS = P * (dP - D)``), so memory is
+linear in length in both passes.
+
+For query tile i only key tiles that can hold an allowed pair are visited: the
+loop stops at the last key tile whose first slot is <= the tile's last query
+slot (causal), and a tile whose query and key segment-id ranges do not overlap
+(packed documents, padding, an empty cache) is skipped by ``lax.cond``.
+
+The encoding's hooks are evaluated per (query tile, key tile) from that tile's
+positions, exactly as in ``attention.attend``: the hooks are the encoding's own
+methods applied to its variables, which travel as an explicit argument so the
+backward pass returns their gradient too (``jax.vjp`` of the tile's logits and
+of the ``values`` hook). An encoding with a carry (CoPE's gate sums) sees the
+key tiles of each query tile from the last to the first, as in blockwise
+attention; the backward pass first replays the carries of the query tile, then
+walks the key tiles the other way, passing the carry's cotangent along.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from posjax.models import attention as att
+
+_f32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hooks:
+  """An encoding's ``bias``/``values``/``init_carry`` as pure functions of
+  explicit variables: the same interface ``attention.block`` calls."""
+  module: Any
+  variables: Any
+
+  def _apply(self, method, *args):
+    return self.module.apply(self.variables, *args, method=method)
+
+  def bias(self, *args):
+    return self._apply('bias', *args)
+
+  def values(self, *args):
+    return self._apply('values', *args)
+
+  def init_carry(self, q):
+    return self._apply('init_carry', q)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tiles:
+  """Padded, tiled views of the inputs ``[B, n * block, ...]``."""
+  bq: int
+  bk: int
+  nq: int
+  nk: int
+  causal: bool
+
+  def q(self, x, i):
+    return jax.lax.dynamic_slice_in_dim(x, i * self.bq, self.bq, axis=1)
+
+  def k(self, x, j):
+    return jax.lax.dynamic_slice_in_dim(x, j * self.bk, self.bk, axis=1)
+
+  def num_key_tiles(self, qidx_t):
+    """Key tiles 0..n-1 can hold an allowed pair for this query tile."""
+    if not self.causal:
+      return self.nk
+    last = jnp.max(qidx_t)  # Padding rows are -1.
+    return jnp.clip(last // self.bk + 1, 0, self.nk).astype(jnp.int32)
+
+
+def _pad(x, n, fill):
+  pad = n - x.shape[1]
+  return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+
+
+def _nonempty(qseg_t, kseg_t, kidx_t):
+  """False only if no (query, key) pair of the tile shares a segment."""
+  big = jnp.iinfo(jnp.int32).max
+  valid = kidx_t >= 0
+  kmin = jnp.where(valid, kseg_t, big).min(1)
+  kmax = jnp.where(valid, kseg_t, -big).max(1)
+  return jnp.any((qseg_t.min(1) <= kmax) & (kmin <= qseg_t.max(1)))
+
+
+class _Inputs:
+  """The padded operands and their tiles, shared by the forward and backward passes."""
+
+  def __init__(self, tiles, q, k, v, qpos, kpos, qidx, kidx, qseg, kseg):
+    t = tiles
+    self.t = t
+    self.q, self.qpos, self.qidx, self.qseg = (
+        _pad(x, t.nq * t.bq, f) for x, f in ((q, 0), (qpos, 0), (qidx, -1), (qseg, -1)))
+    self.k, self.v, self.kpos, self.kidx, self.kseg = (
+        _pad(x, t.nk * t.bk, f) for x, f in ((k, 0), (v, 0), (kpos, 0), (kidx, -1), (kseg, -2)))
+
+  def query(self, i):
+    t = self.t
+    return t.q(self.q, i), t.q(self.qpos, i), t.q(self.qidx, i), t.q(self.qseg, i)
+
+  def key(self, j):
+    t = self.t
+    return tuple(t.k(x, j) for x in (self.k, self.v, self.kpos, self.kidx, self.kseg))
+
+
+def _forward(hooks, x: _Inputs, scale):
+  """Output ``[B, Lp, H, Kv]`` float32 and log-sum-exp ``[B, Lp, H]``."""
+  t = x.t
+
+  def query_tile(_, i):
+    q, qpos, qidx, qseg = x.query(i)
+    B, bq, H, _ = q.shape
+    init = (jnp.full((B, H, bq), att.NEG, _f32), jnp.zeros((B, H, bq), _f32),
+            jnp.zeros((B, bq, H, x.v.shape[-1]), _f32), hooks.init_carry(q))
+    n = t.num_key_tiles(qidx)
+
+    def key_tile(s, state):
+      k, v, kpos, kidx, kseg = x.key(n - 1 - s)  # Last tile first (CoPE's carry).
+      mask = att.allowed(qidx, kidx, qseg, kseg, t.causal)
+      step = lambda st: att.block(hooks, q, k, v, qpos, kpos, mask, st, scale)[0]
+      return jax.lax.cond(_nonempty(qseg, kseg, kidx), step, lambda st: st, state)
+
+    m, l, acc, _ = jax.lax.fori_loop(0, n, key_tile, init)
+    safe = jnp.where(l == 0, 1.0, l)
+    out = acc / jnp.swapaxes(safe, 1, 2)[..., None]
+    return None, (out, jnp.swapaxes(jnp.where(l == 0, 0.0, m + jnp.log(safe)), 1, 2))
+
+  _, (out, lse) = jax.lax.scan(query_tile, None, jnp.arange(t.nq))
+  untile = lambda a: jnp.moveaxis(a, 0, 1).reshape((a.shape[1], -1) + a.shape[3:])  # noqa: E731
+  return untile(out), untile(lse)
+
+
+def _logits(hooks, q, k, qpos, kpos, mask, carry, scale):
+  """A tile's masked logits ``[B, H, bq, bk]`` and the encoding's next carry."""
+  s = jnp.einsum('blhk,bshk->bhls', q, k, preferred_element_type=_f32) * scale
+  bias, carry = hooks.bias(q, k, qpos, kpos, mask, carry)
+  if bias is not None:
+    s = s + bias
+  return jnp.where(mask[:, None], s, att.NEG), carry
+
+
+def _replay_carries(hooks, x, q, qpos, qidx, qseg, n, scale):
+  """The carry entering each key tile of a query tile, ``[nk, ...]`` (None: no carry)."""
+  carry0 = hooks.init_carry(q)
+  if carry0 is None:
+    return None
+  buf = jax.tree.map(lambda c: jnp.zeros((x.t.nk,) + c.shape, c.dtype), carry0)
+
+  def key_tile(s, state):
+    carry, buf = state
+    j = n - 1 - s
+    k, _, kpos, kidx, kseg = x.key(j)
+    buf = jax.tree.map(lambda b, c: b.at[j].set(c), buf, carry)
+    mask = att.allowed(qidx, kidx, qseg, kseg, x.t.causal)
+    carry = jax.lax.cond(_nonempty(qseg, kseg, kidx),
+                         lambda c: _logits(hooks, q, k, qpos, kpos, mask, c, scale)[1],
+                         lambda c: c, carry)
+    return carry, buf
+
+  return jax.lax.fori_loop(0, n, key_tile, (carry0, buf))[1]
+
+
+def _backward(module, variables, x: _Inputs, out, lse, dout, scale):
+  t = x.t
+  D_BxLxH = jnp.sum(dout.astype(_f32) * out, -1)
+  zeros = lambda a: jnp.zeros(a.shape, _f32)  # noqa: E731
+  dvars0 = jax.tree.map(zeros, variables)
+
+  def query_tile(acc, i):
+    dk_all, dv_all, dvars = acc
+    q, qpos, qidx, qseg = x.query(i)
+    do = t.q(dout, i).astype(_f32)
+    lse_t, D = (jnp.swapaxes(t.q(a, i), 1, 2) for a in (lse, D_BxLxH))  # [B, H, bq]
+    n = t.num_key_tiles(qidx)
+    carries = _replay_carries(_Hooks(module, variables), x, q, qpos, qidx, qseg, n, scale)
+
+    def key_tile(j, state):
+      k, v, kpos, kidx, kseg = x.key(j)
+      mask = att.allowed(qidx, kidx, qseg, kseg, t.causal)
+      carry_in = None if carries is None else jax.tree.map(lambda b: b[j], carries)
+
+      def step(state):
+        dq, dk_all, dv_all, dvars, dcarry = state
+        def logits(q, k, variables, carry):
+          return _logits(_Hooks(module, variables), q, k, qpos, kpos, mask, carry, scale)
+        (s, carry_out), vjp_logits = jax.vjp(logits, q, k, variables, carry_in)
+        p = jnp.exp(s - lse_t[..., None]) * mask[:, None]
+        dv = jnp.einsum('bhls,blhk->bshk', p, do)
+        dp = jnp.einsum('blhk,bshk->bhls', do, v.astype(_f32))
+        extra, vjp_values = jax.vjp(
+            lambda p, variables: _Hooks(module, variables).values(p, qpos, kpos), p, variables)
+        if extra is not None:
+          dp_extra, dvars_values = vjp_values(do.astype(extra.dtype))
+          dp, dvars = dp + dp_extra, jax.tree.map(jnp.add, dvars, dvars_values)
+        ds = p * (dp - D[..., None])
+        dq_t, dk, dvars_bias, dcarry = vjp_logits(
+            (ds, None if carry_out is None else dcarry))
+        add = lambda a, d: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+            a, t.k(a, j) + d.astype(_f32), j * t.bk, axis=1)
+        return (dq + dq_t.astype(_f32), add(dk_all, dk), add(dv_all, dv),
+                jax.tree.map(jnp.add, dvars, dvars_bias), dcarry)
+
+      return jax.lax.cond(_nonempty(qseg, kseg, kidx), step, lambda st: st, state)
+
+    dcarry0 = None if carries is None else jax.tree.map(lambda b: jnp.zeros_like(b[0]), carries)
+    dq0 = jnp.zeros(q.shape, _f32)
+    dq, dk_all, dv_all, dvars, _ = jax.lax.fori_loop(
+        0, n, key_tile, (dq0, dk_all, dv_all, dvars, dcarry0))
+    return (dk_all, dv_all, dvars), dq
+
+  init = (jnp.zeros(x.k.shape, _f32), jnp.zeros(x.v.shape, _f32), dvars0)
+  (dk, dv, dvars), dq = jax.lax.scan(query_tile, init, jnp.arange(t.nq))
+  dq = jnp.moveaxis(dq, 0, 1).reshape(x.q.shape)
+  return dq, dk, dv, dvars
+
+
+def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, kidx_BxS,
+           qseg_BxL, kseg_BxS, *, causal: bool, block_q: int, block_k: int, scale: float):
+  """Flash attention; the same arguments and output as ``attention.attend``
+  (without probabilities). ``enc`` is a bound encoding module."""
+  module, variables = enc.unbind()
+  L, S = q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
+  bq, bk = min(block_q, L), min(block_k, S)
+  tiles = _Tiles(bq, bk, -(-L // bq), -(-S // bk), causal)
+  ints = tuple(a.astype(jnp.int32) for a in
+               (qpos_BxL, kpos_BxS, qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS))
+
+  @jax.custom_vjp
+  def flash(variables, q, k, v, ints):
+    return fwd(variables, q, k, v, ints)[0]
+
+  def fwd(variables, q, k, v, ints):
+    x = _Inputs(tiles, q, k, v, *ints)
+    out, lse = _forward(_Hooks(module, variables), x, scale)
+    return out[:, :L].astype(v.dtype), (variables, q, k, v, ints, out, lse)
+
+  def bwd(res, dout):
+    variables, q, k, v, ints, out, lse = res
+    x = _Inputs(tiles, q, k, v, *ints)
+    dout = _pad(dout, tiles.nq * tiles.bq, 0)
+    dq, dk, dv, dvars = _backward(module, variables, x, out, lse, dout, scale)
+    return (dvars, dq[:, :L].astype(q.dtype), dk[:, :S].astype(k.dtype),
+            dv[:, :S].astype(v.dtype), jax.tree.map(lambda _: None, ints))
+
+  flash.defvjp(fwd, bwd)
+  return flash(variables, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, ints)

@@ -1,0 +1,72 @@
+"""posjax.models.flash: equal to dense in values and gradients; empty tiles skipped."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from posjax import encodings, models
+from posjax.models import flash
+
+from test_models import _cfg, _params, _supports  # noqa: F401 (shared generic params)
+
+FAST = ('none', 'alibi', 't5', 'cope', 'shaw', 'fire')  # bias, table, carry, values, MLP
+CASES = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
+         for n in encodings.names()]
+
+
+def _close(want, got):
+  """float32 sums in another order: tolerance scaled by the array's largest entry."""
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 + 1e-5 * np.abs(want).max())
+
+
+def _loss_and_grads(cfg, params, tokens, pos, seg):
+  model = models.build(cfg)
+  w = jax.random.normal(jax.random.key(7), tokens.shape + (cfg.vocab_size,))
+  loss = lambda p: (model.apply({'params': p}, tokens, pos, seg) * w).sum()  # noqa: E731
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize('posenc', CASES)
+def test_flash_equals_dense_packed(posenc):
+  """Two packed documents with restarting positions, 21 tokens in tiles of 4."""
+  B, L = 2, 21
+  cfg = _cfg(posenc, num_layers=1, block_size=4)
+  tokens = jax.random.randint(jax.random.key(3), (B, L), 4, 40)
+  pos = jnp.asarray([list(range(L)), list(range(9)) + list(range(12))], jnp.int32)
+  seg = jnp.asarray([[1] * L, [1] * 9 + [2] * 12], jnp.int32)
+  params = _params(cfg, tokens.shape, 0)
+  ld, gd = _loss_and_grads(cfg, params, tokens, pos, seg)
+  lf, gf = _loss_and_grads(cfg.replace(attention='flash'), params, tokens, pos, seg)
+  _close(ld, lf)  # (A weighted sum near 0: no relative tolerance.)
+  jax.tree.map(_close, gd, gf)
+
+
+def test_flash_equals_dense_bidirectional():
+  cfg = _cfg('t5', kind='encoder_classifier', num_layers=1, block_size=4)
+  tokens = jax.random.randint(jax.random.key(4), (2, 10), 4, 40)
+  pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
+  seg = jnp.ones((2, 10), jnp.int32)
+  params = _params(cfg, tokens.shape, 0)
+  model = lambda c: models.build(c)  # noqa: E731
+  f = lambda c: jax.jit(jax.grad(lambda p: (model(c).apply(  # noqa: E731
+      {'params': p}, tokens, pos, seg) ** 2).sum()))(params)
+  jax.tree.map(_close, f(cfg), f(cfg.replace(attention='flash')))
+
+
+def test_causal_tiles_above_the_diagonal_are_not_visited():
+  tiles = flash._Tiles(bq=4, bk=4, nq=3, nk=3, causal=True)
+  qidx = jnp.arange(12).reshape(3, 1, 4)
+  assert [int(tiles.num_key_tiles(qidx[i])) for i in range(3)] == [1, 2, 3]
+  assert int(tiles.num_key_tiles(jnp.full((1, 4), -1))) == 0  # Padding rows only.
+  assert flash._Tiles(4, 4, 3, 3, causal=False).num_key_tiles(qidx[0]) == 3
+
+
+def test_tiles_of_other_segments_are_skipped():
+  q_seg = jnp.asarray([[1, 1, 2, 2]])
+  assert bool(flash._nonempty(q_seg, jnp.asarray([[2, 3, 3, 3]]), jnp.arange(4)[None]))
+  assert not bool(flash._nonempty(q_seg, jnp.asarray([[3, 3, 4, 4]]), jnp.arange(4)[None]))
+  # Keys of the query's segment that are padding / empty cache slots do not count.
+  assert not bool(flash._nonempty(q_seg, jnp.asarray([[1, 1, 3, 3]]),
+                                  jnp.asarray([[-1, -1, 2, 3]])))
