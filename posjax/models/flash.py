@@ -9,7 +9,9 @@ linear in length in both passes.
 For query tile i only key tiles that can hold an allowed pair are visited: the
 loop stops at the last key tile whose first slot is <= the tile's last query
 slot (causal), and a tile whose query and key segment-id ranges do not overlap
-(packed documents, padding, an empty cache) is skipped by ``lax.cond``.
+(packed documents, padding, an empty cache) is skipped (``lax.switch``); a tile
+with no masked pair (below the diagonal, one segment) runs with a constant mask,
+which XLA folds away.
 
 The encoding's hooks are evaluated per (query tile, key tile) from that tile's
 positions, exactly as in ``attention.attend``: the hooks are the encoding's own
@@ -23,6 +25,7 @@ walks the key tiles the other way, passing the carry's cotangent along.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -90,6 +93,30 @@ def _nonempty(qseg_t, kseg_t, kidx_t):
   return jnp.any((qseg_t.min(1) <= kmax) & (kmin <= qseg_t.max(1)))
 
 
+def _full(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):
+  """True only if every (query, key) pair of the tile is allowed."""
+  seg = qseg_t.min(1)
+  ok = ((qseg_t.max(1) == seg) & (kseg_t.min(1) == seg) & (kseg_t.max(1) == seg)
+        & (kidx_t.min(1) >= 0) & (qidx_t.min(1) >= 0))
+  if causal:
+    ok &= kidx_t.max(1) <= qidx_t.min(1)
+  return jnp.all(ok)
+
+
+def _tile_case(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):
+  """0: no allowed pair (skipped); 1: some masked pairs; 2: no masked pair."""
+  return jnp.where(_nonempty(qseg_t, kseg_t, kidx_t),
+                   1 + _full(qidx_t, kidx_t, qseg_t, kseg_t, causal), 0).astype(jnp.int32)
+
+
+def _by_case(case, masked_step, state, mask):
+  """``masked_step(mask, state)`` for tiles with an allowed pair; the mask of a
+  full tile is a constant, so XLA folds the masking away there."""
+  return jax.lax.switch(case, [lambda st: st, functools.partial(masked_step, mask),
+                               functools.partial(masked_step, jnp.ones(mask.shape, bool))],
+                        state)
+
+
 class _Inputs:
   """The padded operands and their tiles, shared by the forward and backward passes."""
 
@@ -124,8 +151,8 @@ def _forward(hooks, x: _Inputs, scale):
     def key_tile(s, state):
       k, v, kpos, kidx, kseg = x.key(n - 1 - s)  # Last tile first (CoPE's carry).
       mask = att.allowed(qidx, kidx, qseg, kseg, t.causal)
-      step = lambda st: att.block(hooks, q, k, v, qpos, kpos, mask, st, scale)[0]
-      return jax.lax.cond(_nonempty(qseg, kseg, kidx), step, lambda st: st, state)
+      step = lambda mask, st: att.block(hooks, q, k, v, qpos, kpos, mask, st, scale)[0]  # noqa: E731
+      return _by_case(_tile_case(qidx, kidx, qseg, kseg, t.causal), step, state, mask)
 
     m, l, acc, _ = jax.lax.fori_loop(0, n, key_tile, init)
     safe = jnp.where(l == 0, 1.0, l)
@@ -159,9 +186,9 @@ def _replay_carries(hooks, x, q, qpos, qidx, qseg, n, scale):
     k, _, kpos, kidx, kseg = x.key(j)
     buf = jax.tree.map(lambda b, c: b.at[j].set(c), buf, carry)
     mask = att.allowed(qidx, kidx, qseg, kseg, x.t.causal)
-    carry = jax.lax.cond(_nonempty(qseg, kseg, kidx),
-                         lambda c: _logits(hooks, q, k, qpos, kpos, mask, c, scale)[1],
-                         lambda c: c, carry)
+    carry = _by_case(_tile_case(qidx, kidx, qseg, kseg, x.t.causal),
+                     lambda mask, c: _logits(hooks, q, k, qpos, kpos, mask, c, scale)[1],
+                     carry, mask)
     return carry, buf
 
   return jax.lax.fori_loop(0, n, key_tile, (carry0, buf))[1]
@@ -186,7 +213,7 @@ def _backward(module, variables, x: _Inputs, out, lse, dout, scale):
       mask = att.allowed(qidx, kidx, qseg, kseg, t.causal)
       carry_in = None if carries is None else jax.tree.map(lambda b: b[j], carries)
 
-      def step(state):
+      def step(mask, state):
         dq, dk_all, dv_all, dvars, dcarry = state
         def logits(q, k, variables, carry):
           return _logits(_Hooks(module, variables), q, k, qpos, kpos, mask, carry, scale)
@@ -207,7 +234,7 @@ def _backward(module, variables, x: _Inputs, out, lse, dout, scale):
         return (dq + dq_t.astype(_f32), add(dk_all, dk), add(dv_all, dv),
                 jax.tree.map(jnp.add, dvars, dvars_bias), dcarry)
 
-      return jax.lax.cond(_nonempty(qseg, kseg, kidx), step, lambda st: st, state)
+      return _by_case(_tile_case(qidx, kidx, qseg, kseg, t.causal), step, state, mask)
 
     dcarry0 = None if carries is None else jax.tree.map(lambda b: jnp.zeros_like(b[0]), carries)
     dq0 = jnp.zeros(q.shape, _f32)
