@@ -129,7 +129,7 @@ class Trainer:
       for name, batches in eval_sets.items():
         results[name] = [self._eval_step(params, self.global_batch(b)) for b in batches]
     out = {}
-    for name, rs in jax.device_get(results).items():
+    for name, rs in zip(results, jax.device_get(list(results.values()))):  # (Mixed key types.)
       sums = {k: sum(float(r[k]) for r in rs) for k in rs[0]}
       out.update({f'eval/{k}': v for k, v in self.task.summarize(sums, f'@{name}').items()})
     return out

@@ -182,3 +182,27 @@ def test_submitit_local_executor(tmp_path):
   assert out['good']['status'] == 'finished'
   assert out['bad'] == {**out['bad'], 'status': 'failed', 'reason': 'exit code 3: error: x: bad'}
   assert open(tmp_path / 'good' / 'log.txt').read() == 'error: x: good\n'
+
+
+def _record(name, status='finished', **final):
+  from posjax import report
+  return report.RunRecord(name, status, '', None, final, {})
+
+
+def test_length_generalization_report_separates_in_distribution(tmp_path):
+  """OOD = mean over the test lengths only; a run below LEARNED in distribution is
+  flagged and left out of the randomized gain; a missing run is shown as such."""
+  lg = suite('length_generalization')
+  acc = lambda ood, id_: {'eval/sequence_accuracy@30': ood[0],  # noqa: E731
+                          'eval/sequence_accuracy@40': ood[1],
+                          'eval/sequence_accuracy@in_distribution': id_}
+  records = [_record('copy-rope', **acc((0.2, 0.4), 1.0)),
+             _record('copy-rope-randomized', **acc((0.6, 0.8), 0.95)),
+             _record('copy-alibi', **acc((0.0, 0.0), 0.5)),
+             _record('copy-alibi-randomized', 'missing')]
+  md = lg.report(str(tmp_path), records)
+  assert '| copy | 0.30 | 0.70 | 0.00 | missing |' in md
+  assert '| copy-alibi | 0.50 | 0.00 | NO |' in md
+  assert '| copy-alibi-randomized | missing | missing | missing |' in md
+  assert '+40.0% over 1 pairs' in md
+  assert (tmp_path / 'ood_accuracy.png').exists() and (tmp_path / 'results.csv').exists()

@@ -275,3 +275,7 @@ def test_sequence_eval_groups_by_length(reverse_src):
   assert total == counts
   ev = pipelines.sequence_eval(test, batch_size=8, max_examples_per_length=1)
   assert all(b[0]['example_weight'].sum() == 1 for b in ev.values())
+  ev = pipelines.sequence_eval(test, batch_size=8, width_multiple=32)
+  widths = {n: bs[0]['inputs'].shape[1] for n, bs in ev.items()}
+  assert all(w % 32 == 0 and 2 * n <= w < 2 * n + 32 for n, w in widths.items())
+  assert len(set(widths.values())) < len(widths)  # Fewer shapes than lengths.

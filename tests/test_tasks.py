@@ -52,6 +52,7 @@ def test_synthetic_sequence_trains_and_reports_per_length(data_dir, tmp_path, ca
   out, metrics = _run(c, tmp_path / 'run', capsys)
   n = builders.SYNTHETIC_SIZES['tiny'][0]
   assert f'eval/sequence_accuracy@{10 * n}' in out  # The longest test length.
+  assert 'eval/sequence_accuracy@in_distribution' in metrics  # Lengths 1..n.
   assert all(0 <= v <= 1 for k, v in metrics.items() if k.startswith('eval/sequence_accuracy'))
 
 

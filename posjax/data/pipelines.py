@@ -261,10 +261,11 @@ def _sequence_batch(examples: list[Batch], width: int, real: int) -> Batch:
 
 
 def sequence_eval(source: Sequence, *, batch_size: int, process_index: int = 0,
-                  process_count: int = 1, max_examples_per_length: Optional[int] = None
-                  ) -> dict[int, list[Batch]]:
+                  process_count: int = 1, max_examples_per_length: Optional[int] = None,
+                  width_multiple: int = 1) -> dict[int, list[Batch]]:
   """``{length: [batch, ...]}``: the split grouped by its ``'length'`` feature,
-  unpacked (one example per row), every example of a group exactly once."""
+  unpacked (one example per row), every example of a group exactly once; rows
+  padded to a multiple of ``width_multiple`` (fewer shapes to compile)."""
   _check_process(process_index, process_count)
   _check_batch_size(batch_size)
   groups: dict[int, list[int]] = collections.defaultdict(list)
@@ -276,7 +277,7 @@ def sequence_eval(source: Sequence, *, batch_size: int, process_index: int = 0,
     if max_examples_per_length is not None:
       members = members[:int(max_examples_per_length)]
     seqs = [sequence_example(source[i]) for i in members]  # All processes: same width.
-    width = max(s['inputs'].size for s in seqs)
+    width = -(-max(s['inputs'].size for s in seqs) // width_multiple) * width_multiple
     mine, rows = _shard_indices(len(seqs), batch_size, process_index, process_count)
     examples = [seqs[k] for k in mine]
     real = len(examples)

@@ -1,12 +1,19 @@
 """``sequence``: a decoder over ``inputs SEP targets`` trained on the answer
 tokens only (synthetic length generalisation, ``posjax.data.synthetic``);
-evaluated at every test length, with sequence accuracy (all answers right)."""
+evaluated at every test length and on the training lengths (``@in_distribution``),
+with sequence accuracy (all answers right)."""
 from __future__ import annotations
+
+import functools
 
 import jax.numpy as jnp
 
 from posjax.data import builders, pipelines, synthetic
 from posjax.tasks.base import Task
+
+
+IN_DISTRIBUTION = 'in_distribution'  # The eval set of the training lengths.
+EVAL_WIDTH_MULTIPLE = 32  # Eval rows padded to this: a compile per 32 tokens, not per length.
 
 
 class Sequence(Task):
@@ -28,10 +35,16 @@ class Sequence(Task):
         **self.shard(c.batch_size, process_index, process_count))
 
   def eval_sets(self, process_index=0, process_count=1):
+    """Every test length, and ``in_distribution``: the training lengths' first
+    examples together (the same count per length)."""
     c = self.config
-    return pipelines.sequence_eval(
-        self.source['test'], max_examples_per_length=c.eval_batch_size * c.num_eval_batches,
+    ev = functools.partial(
+        pipelines.sequence_eval, max_examples_per_length=c.eval_batch_size * c.num_eval_batches,
+        width_multiple=EVAL_WIDTH_MULTIPLE,
         **self.shard(c.eval_batch_size, process_index, process_count))
+    train = ev(self.source['train'])
+    return {**ev(self.source['test']),
+            IN_DISTRIBUTION: [b for n in sorted(train) for b in train[n]]}
 
   def sums(self, logits, batch):
     out = super().sums(logits, batch)
