@@ -36,7 +36,7 @@ DESCRIPTION = ('Deletang et al. 2023 / Ruoss et al. 2023: synthetic tasks x enco
 LEARNED = 0.9  # In-distribution sequence accuracy below this: the task was not learned.
 SCALES = {
     'local': dict(size='small', runlocal=True, encodings=('rope', 'alibi'), overrides={
-        'data.data_dir': '{suite_dir}/tfds', 'num_train_steps': 2_000, 'warmup_steps': 100,
+        'data.data_dir': '{suite_dir}/tfds', 'data.size': 'small', 'num_train_steps': 2_000, 'warmup_steps': 100,
         'batch_size': 32, 'eval_batch_size': 16, 'num_eval_batches': 1,
         'eval_every_steps': 2_000, 'checkpoint_every_steps': 500, 'log_every_steps': 100}),
     'paper': dict(size='full', runlocal=False,

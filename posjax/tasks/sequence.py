@@ -28,10 +28,17 @@ class Sequence(Task):
     self.check_vocab(mcfg, synthetic.VOCAB_SIZE)
     self.source  # A missing dataset says how to build it.
 
+  @functools.cache
+  def split(self, name: str) -> list[dict]:
+    """The split's examples, decoded once: synthetic splits are small, and TFDS
+    decoding per read (~0.5 ms an example) would starve training."""
+    src = self.source[name]
+    return [src[i] for i in range(len(src))]
+
   def train_iterator(self, process_index=0, process_count=1):
     c = self.config
     return pipelines.sequence_train(
-        self.source['train'], max_length=c.seq_len, seed=c.seed,
+        self.split('train'), max_length=c.seq_len, seed=c.seed,
         **self.shard(c.batch_size, process_index, process_count))
 
   def eval_sets(self, process_index=0, process_count=1):
@@ -42,8 +49,8 @@ class Sequence(Task):
         pipelines.sequence_eval, max_examples_per_length=c.eval_batch_size * c.num_eval_batches,
         width_multiple=EVAL_WIDTH_MULTIPLE,
         **self.shard(c.eval_batch_size, process_index, process_count))
-    train = ev(self.source['train'])
-    return {**ev(self.source['test']),
+    train = ev(self.split('train'))
+    return {**ev(self.split('test')),
             IN_DISTRIBUTION: [b for n in sorted(train) for b in train[n]]}
 
   def sums(self, logits, batch):
