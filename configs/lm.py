@@ -42,6 +42,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       tokenizer='bytes', shuffle_window=1024))
   c.seq_len = 512
   c.eval_lengths = (512, 1024, 2048)  # Longer than training: extrapolation.
+  # Passkey retrieval (posjax.data.passkey) at these lengths x depths (0 = start).
+  c.passkey_lengths, c.passkey_depths, c.passkey_examples = (), (0.0, 0.25, 0.5, 0.75, 1.0), 32
   layers, heads, dim, mlp = SIZES[arg.size]
   c.model.update(num_layers=layers, num_heads=heads, model_dim=dim, mlp_dim=mlp,
                  max_len=c.seq_len)

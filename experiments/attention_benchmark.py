@@ -114,22 +114,21 @@ def _fmt(v) -> str:
 def main(argv):
   del argv
   header = None
-  out = []
-  for row in rows():
+  for row in rows():  # Each row printed (and written) as soon as it is measured.
     if header is None:
       header = list(row)
       print('| ' + ' | '.join(header) + ' |')
       print('|' + '---|' * len(header))
+      if FLAGS.csv:
+        with open(FLAGS.csv, 'w') as f:
+          f.write(','.join(header) + '\n')
     print('| ' + ' | '.join(_fmt(row[h]) if h not in ('length', 'posenc') else str(row[h])
                             for h in header) + ' |', flush=True)
-    out.append(row)
+    if FLAGS.csv:
+      with open(FLAGS.csv, 'a') as f:
+        f.write(','.join('' if row[h] is None else str(row[h]) for h in header) + '\n')
   print(f'# {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, '
         f'block_size {FLAGS.block_size}, dtype {FLAGS.dtype}', flush=True)
-  if FLAGS.csv:
-    with open(FLAGS.csv, 'w') as f:
-      f.write(','.join(header) + '\n')
-      for r in out:
-        f.write(','.join('' if r[h] is None else str(r[h]) for h in header) + '\n')
 
 
 if __name__ == '__main__':

@@ -20,14 +20,17 @@ Scales (posjax's choices):
          fine-tunes of 50 steps at peak rate 3e-4.
   paper: the extrapolation suite's paper model (L=512, 16 layers, 1024 dims, 50k
          steps); fine-tunes of 1000 steps at 2e-5 (PI fine-tunes for 1000 steps).
-Passkey retrieval (a depth x length heat map) is not part of this suite yet: the
-``passkey`` dataset is a sequence task over its own vocabulary, not a byte LM's.
+Every run is also scored on passkey retrieval (``posjax.data.passkey``: a 5-digit key
+hidden at depths 0..1 of filler text, exact-match accuracy) at the evaluation lengths
+of at least ``PASSKEY_MIN`` bytes: a depth x length heat map per run
+(``passkey/<run>.png``) and a table of the mean over depths.
 """
 import os
 import sys
 
 from posjax import experiments
 from posjax import report as report_lib
+from posjax.data import passkey
 from posjax.encodings import rotary
 
 NAME = 'rope_scaling'
@@ -35,6 +38,7 @@ DESCRIPTION = ('Position interpolation (Chen et al. 2023) and YaRN (Peng et al. 
                'a RoPE model trained at L, extended to 4L and 8L by each RoPE scaling, '
                'zero-shot and after a short fine-tune at the long length; perplexity by length.')
 FACTORS = (4, 8)
+PASSKEY_MIN = 128  # Bytes: the needle, question and answer take about 105.
 SCALES = {
     'local': dict(arg='posenc=rope,runlocal', seq_len=64, head_dim=32, overrides={
         'num_train_steps': 300, 'warmup_steps': 20, 'batch_size': 16,
@@ -71,7 +75,8 @@ def runs(scale: str) -> list[experiments.Run]:
   s = SCALES[scale]
   lengths = tuple(s['seq_len'] * f for f in (1, 2, 4, 8))
   base = {**s['overrides'], 'seq_len': s['seq_len'], 'model.max_len': s['seq_len'],
-          'eval_lengths': lengths}
+          'eval_lengths': lengths,
+          'passkey_lengths': tuple(n for n in lengths if n >= PASSKEY_MIN)}
   out = [experiments.Run('rope', 'configs/lm.py', s['arg'], base, note='no scaling')]
   for kind in rotary.SCALING_TYPES:
     for f in FACTORS:
@@ -88,9 +93,40 @@ def _perplexity(record) -> dict:
   return report_lib.metric_by_suffix(record, 'eval/perplexity@')
 
 
+def _passkey(record) -> dict[tuple[float, int], float]:
+  """``{(depth, length): accuracy}`` from ``eval/sequence_accuracy@passkey_<n>_<d>``."""
+  out = {}
+  for key, v in report_lib.metric_by_suffix(record, 'eval/sequence_accuracy@passkey_').items():
+    length, depth = str(key).split('_')
+    out[int(depth) / 100, int(length)] = v
+  return out
+
+
+def _passkey_mean(record) -> dict[int, float]:
+  by_length = {}
+  for (_, n), v in _passkey(record).items():
+    by_length.setdefault(n, []).append(v)
+  return {n: sum(vs) / len(vs) for n, vs in sorted(by_length.items())}
+
+
+def _passkey_maps(suite_dir: str, records) -> None:
+  """A depth x length heat map per finished run with passkey results."""
+  for r in records:
+    grid = _passkey(r) if r.status == 'finished' else {}
+    if grid:
+      depths, lengths = sorted({d for d, _ in grid}), sorted({n for _, n in grid})
+      table = report_lib.Table(depths, lengths, dict(grid))
+      report_lib.plot_heatmap(table, title=f'{r.name}: passkey accuracy (depth x length)',
+                              vmin=0, vmax=1,
+                              path=os.path.join(suite_dir, 'passkey', f'{r.name}.png'))
+
+
 def report(suite_dir: str, records) -> str:
   table = report_lib.pivot(records, row=lambda r: r.name, value=_perplexity)
-  report_lib.write_csv(os.path.join(suite_dir, 'results.csv'), {'perplexity': table})
+  keys = report_lib.pivot(records, row=lambda r: r.name, value=_passkey_mean)
+  report_lib.write_csv(os.path.join(suite_dir, 'results.csv'),
+                       {'perplexity': table, 'passkey_mean_over_depths': keys})
+  _passkey_maps(suite_dir, records)
   for mode in ('zeroshot', 'finetune'):
     chosen = [r for r in records if r.name == 'rope' or r.name.endswith(mode)]
     series = report_lib.series(chosen, _perplexity)
@@ -99,7 +135,10 @@ def report(suite_dir: str, records) -> str:
                           logy=any(series.values()),
                           path=os.path.join(suite_dir, f'perplexity_{mode}.png'))
   parts = [report_lib.to_markdown(table, title='Perplexity by evaluation length'),
-           '![zero-shot](perplexity_zeroshot.png) ![fine-tuned](perplexity_finetune.png)\n']
+           '![zero-shot](perplexity_zeroshot.png) ![fine-tuned](perplexity_finetune.png)\n',
+           report_lib.to_markdown(keys, title='Passkey retrieval accuracy, mean over depths '
+                                              f'{", ".join(map(str, passkey.DEPTHS))} '
+                                              '(depth x length: passkey/<run>.png)')]
   if any(r.status != 'finished' for r in records):
     parts.append(report_lib.to_markdown(report_lib.status_table(records),
                                         title='Runs not finished'))

@@ -206,3 +206,16 @@ def test_length_generalization_report_separates_in_distribution(tmp_path):
   assert '| copy-alibi-randomized | missing | missing | missing |' in md
   assert '+40.0% over 1 pairs' in md
   assert (tmp_path / 'ood_accuracy.png').exists() and (tmp_path / 'results.csv').exists()
+
+
+def test_rope_scaling_report_has_passkey_heat_maps_and_means(tmp_path):
+  rs = suite('rope_scaling')
+  keys = {'eval/sequence_accuracy@passkey_128_0': 1.0, 'eval/sequence_accuracy@passkey_128_50': 0.5,
+          'eval/sequence_accuracy@passkey_256_0': 0.0, 'eval/sequence_accuracy@passkey_256_50': 0.25}
+  records = [_record('rope', **{'eval/perplexity@64': 3.0}, **keys),
+             _record('yarn-4x-zeroshot', 'failed')]
+  md = rs.report(str(tmp_path), records)
+  assert '| rope | 0.75 | 0.12 |' in md and '| yarn-4x-zeroshot | failed | failed |' in md
+  assert rs._passkey(records[0]) == {(0.0, 128): 1.0, (0.5, 128): 0.5, (0.0, 256): 0.0,
+                                     (0.5, 256): 0.25}
+  assert os.listdir(tmp_path / 'passkey') == ['rope.png']  # A failed run has no map.

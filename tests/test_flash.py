@@ -70,3 +70,34 @@ def test_tiles_of_other_segments_are_skipped():
   # Keys of the query's segment that are padding / empty cache slots do not count.
   assert not bool(flash._nonempty(q_seg, jnp.asarray([[1, 1, 3, 3]]),
                                   jnp.asarray([[-1, -1, 2, 3]])))
+
+
+@pytest.mark.parametrize('posenc', FAST)
+def test_flash_cached_decoding_equals_dense(posenc):
+  """A prefill chunk, then one token at a time against the cache (empty slots skipped)."""
+  cfg = _cfg(posenc, num_layers=1, block_size=4)
+  if not cfg.encoding_class.supports_decoding:
+    pytest.skip(f'{posenc} does not decode')
+  B, L = 2, 10
+  tokens = jax.random.randint(jax.random.key(5), (B, L), 4, 40)
+  params = _params(cfg, tokens.shape, 1)
+  pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+
+  def decode(cfg):
+    model = models.build(cfg)
+    cache = models.init_cache(model, params, B, L)
+    step = jax.jit(functools.partial(models.decode_step, model))
+    out = []
+    for a, b in ((0, 4),) + tuple((i, i + 1) for i in range(4, L)):
+      logits, cache = step(params, cache, tokens[:, a:b], pos[:, a:b])
+      out.append(logits)
+    return jnp.concatenate(out, 1)
+  _close(decode(cfg), decode(cfg.replace(attention='flash')))
+
+
+def test_auto_is_the_default_dense_when_short_flash_when_long():
+  from posjax.models import attention
+  assert models.ModelConfig().attention == 'auto'
+  assert attention.choose('auto', attention.AUTO_DENSE_MAX) == 'dense'
+  assert attention.choose('auto', attention.AUTO_DENSE_MAX + 1) == 'flash'
+  assert attention.choose('blockwise', 10 ** 6) == 'blockwise'  # A named choice stands.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,24 @@ from posjax.encodings.base import Encoding
 from posjax.models.config import ModelConfig
 
 NEG = -1e30  # Finite "minus infinity": keeps fully masked rows NaN-free.
+# ``attention='auto'``: dense (one block, probabilities for analysis) up to this
+# many keys, flash above (tests/test_flash.py; experiments/attention_benchmark.py:
+# flash is faster from 1024 keys on CPU). No fused accelerator kernel is built
+# yet, so the rule is the same on every platform.
+AUTO_DENSE_MAX = 512
+_announced: set = set()
+
+
+def choose(attention: str, num_keys: int) -> str:
+  """The implementation ``attention`` means for this many keys (logged once per choice)."""
+  if attention != 'auto':
+    return attention
+  chosen = 'dense' if num_keys <= AUTO_DENSE_MAX else 'flash'
+  if (num_keys, chosen) not in _announced:
+    _announced.add((num_keys, chosen))
+    logging.info('attention=auto: %s for %d keys on %s (dense up to %d keys)', chosen,
+                 num_keys, jax.default_backend(), AUTO_DENSE_MAX)
+  return chosen
 
 
 def allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal: bool):
@@ -118,12 +137,15 @@ class Attention(nn.Module):
     if decode:
       k, v, kpos, kseg, kidx, idx = self._update_cache(k, v, pos_BxL, seg_BxL)
     args = (self.encoding, q, k, v, pos_BxL, kpos, idx, kidx, seg_BxL, kseg)
-    if cfg.attention == 'flash' and not self.is_initializing():  # (Init: dense makes params.)
+    impl = choose(cfg.attention, k.shape[1])
+    if impl == 'flash' and self.is_initializing():  # Init makes the encoding's params,
+      impl = 'blockwise'  # which flash applies its hooks to; blockwise: linear memory.
+    if impl == 'flash':
       from posjax.models import flash  # (flash builds on this module.)
       out, probs = flash.attend(*args, causal=cfg.causal, block_q=cfg.block_size,
                                 block_k=cfg.block_size, scale=cfg.head_dim ** -0.5), None
     else:
-      block = cfg.block_size if cfg.attention == 'blockwise' else None
+      block = cfg.block_size if impl == 'blockwise' else None
       out, probs = attend(*args, causal=cfg.causal, block_size=block,
                           scale=cfg.head_dim ** -0.5)
     if probs is not None:  # Analysis: ``capture`` the 'intermediates' collection.

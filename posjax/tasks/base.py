@@ -9,7 +9,8 @@ A task is what an encoding is to attention: one class behind one registry
   eval_sets(pidx, pcount)          ``{name: [batches]}`` evaluated every eval step
   dummy_batch(length)              a batch of the right structure (initialisation)
   model_inputs(batch)              ``(args, kwargs)`` of ``model.apply``
-  sums(logits, batch)              summed loss / correct / count (added over batches)
+  sums(logits, batch)              summed loss / correct / count (added over batches);
+                                   rows with ``example_weight`` also sequence accuracy
   summarize(sums, suffix)          the reported metrics of those sums
 
 An instance holds one experiment config; its data source is opened once and
@@ -98,10 +99,19 @@ class Task:
     correct = (jnp.argmax(logits, -1) == labels) * w
     tokens = sum((batch[k] != PAD).sum() for k in ('inputs', 'inputs1', 'inputs2')
                  if k in batch)
-    return {'loss_sum': (losses * w).sum(), 'correct': correct.sum(), 'count': w.sum(),
-            'tokens': tokens.astype(jnp.float32)}
+    out = {'loss_sum': (losses * w).sum(), 'correct': correct.sum(), 'count': w.sum(),
+           'tokens': tokens.astype(jnp.float32)}
+    if 'example_weight' in batch:  # One example per row: right iff all its answers are.
+      answered = w.sum(-1) > 0
+      out['seq_correct'] = ((correct.sum(-1) == w.sum(-1)) & answered).sum().astype(jnp.float32)
+      out['seq_count'] = answered.sum().astype(jnp.float32)
+    return out
 
   def summarize(self, sums: dict, suffix: str = '') -> dict[str, float]:
     count = max(float(sums['count']), 1.0)
-    return {f'loss{suffix}': float(sums['loss_sum']) / count,
-            f'accuracy{suffix}': float(sums['correct']) / count}
+    out = {f'loss{suffix}': float(sums['loss_sum']) / count,
+           f'accuracy{suffix}': float(sums['correct']) / count}
+    if 'seq_count' in sums:
+      out[f'sequence_accuracy{suffix}'] = (float(sums['seq_correct'])
+                                           / max(float(sums['seq_count']), 1.0))
+    return out

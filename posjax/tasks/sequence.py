@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import functools
 
-import jax.numpy as jnp
-
 from posjax.data import builders, pipelines, synthetic
 from posjax.tasks.base import Task
 
@@ -52,19 +50,3 @@ class Sequence(Task):
     train = ev(self.split('train'))
     return {**ev(self.split('test')),
             IN_DISTRIBUTION: [b for n in sorted(train) for b in train[n]]}
-
-  def sums(self, logits, batch):
-    out = super().sums(logits, batch)
-    labels, w = self.labels_and_weights(batch)
-    correct = (jnp.argmax(logits, -1) == labels) * w
-    answered = w.sum(-1) > 0  # A row (one unpacked example) is right if all answers are.
-    out['seq_correct'] = ((correct.sum(-1) == w.sum(-1)) & answered).sum().astype(jnp.float32)
-    out['seq_count'] = answered.sum().astype(jnp.float32)
-    return out
-
-  def summarize(self, sums, suffix=''):
-    out = super().summarize(sums, suffix)
-    if 'seq_count' in sums:
-      out[f'sequence_accuracy{suffix}'] = (float(sums['seq_correct'])
-                                           / max(float(sums['seq_count']), 1.0))
-    return out
