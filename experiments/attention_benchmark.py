@@ -14,11 +14,13 @@ temporaries), which on CPU is what the run allocates at its peak.
 ``matmul`` is the reference every implementation is measured against: the
 attention's matrix multiplications alone (QK^T and PV, forward and their
 gradients) over the causal lower triangle only, tile by tile, for the same shapes.
-``dense`` is left out (``skip``) above ``--dense_max`` tokens: its ``[H, L, L]``
-arrays alone exceed this machine's memory there.
+``dense`` is left out (``skip``) above ``--dense_max`` tokens, and any cell whose
+compiled peak exceeds ``--max_gb`` (default: 80% of this machine's memory) is not
+run: its time reads ``skip``, its memory is XLA's estimate.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -35,6 +37,9 @@ flags.DEFINE_list('attentions', ['dense', 'blockwise', 'flash'], 'model.attentio
 flags.DEFINE_integer('block_size', 512, 'model.block_size (blockwise and flash).')
 flags.DEFINE_integer('dense_max', 8192, 'Longest length at which dense runs.')
 flags.DEFINE_integer('repeats', 3, 'Timed runs per cell (median).')
+_RAM_GB = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30
+flags.DEFINE_float('max_gb', 0.8 * _RAM_GB,
+                   'A cell whose compiled peak exceeds this is not run (time: skip).')
 flags.DEFINE_string('dtype', 'float32', 'model.dtype.')
 flags.DEFINE_string('csv', '', 'Also write the rows to this CSV file.')
 FLAGS = flags.FLAGS
@@ -42,12 +47,15 @@ FLAGS = flags.FLAGS
 DIM, HEADS, VOCAB = 128, 4, 256
 
 
-def _time(fn, *args) -> tuple[float, float]:
-  """(median seconds, peak bytes) of a compiled ``fn(*args)``."""
+def _time(fn, *args) -> tuple[float | None, float]:
+  """(median seconds, peak bytes) of a compiled ``fn(*args)``; seconds None (not
+  run) when the peak exceeds ``--max_gb``."""
   compiled = jax.jit(fn).lower(*args).compile()
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
           if mem is not None else float('nan'))
+  if peak > FLAGS.max_gb * 2 ** 30:
+    return None, peak
   jax.block_until_ready(compiled(*args))
   times = []
   for _ in range(FLAGS.repeats):
