@@ -72,7 +72,8 @@ def test_tiles_of_other_segments_are_skipped():
                                   jnp.asarray([[-1, -1, 2, 3]])))
 
 
-@pytest.mark.parametrize('posenc', FAST)
+@pytest.mark.parametrize('posenc', [pytest.param(n, marks=() if n in ('alibi', 'cope') else
+                                                  pytest.mark.slow) for n in FAST])
 def test_flash_cached_decoding_equals_dense(posenc):
   """A prefill chunk, then one token at a time against the cache (empty slots skipped)."""
   cfg = _cfg(posenc, num_layers=1, block_size=4)
