@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from posjax.data import pipelines
+
 FILLER = ('The grass is green. The sky is blue. The sun is yellow. Here we go. '
           'There and back again. ')
 NEEDLE = ' The pass key is {key}. Remember it. {key} is the pass key. '
@@ -56,14 +58,6 @@ def batches(encode: Callable[[str], np.ndarray], *, length: int, depth: float,
   real = len(rows)
   per_process = -(-num_examples // (process_count * batch_size)) * batch_size
   rows += [rows[0]] * (per_process - real)  # Every process: the same batch count.
-  out = []
-  for s in range(0, len(rows), batch_size):
-    chunk = rows[s:s + batch_size]
-    b = {k: np.stack([r[k] for r in chunk]) for k in ('inputs', 'targets', 'weights')}
-    live = np.arange(s, s + len(chunk)) < real
-    b['weights'] = b['weights'] * live[:, None]
-    b['example_weight'] = live.astype(np.float32)
-    b['segment_ids'] = np.ones(b['inputs'].shape, np.int32)
-    b['positions'] = np.broadcast_to(np.arange(length, dtype=np.int32), b['inputs'].shape).copy()
-    out.append(b)
-  return out
+  return [pipelines.unpacked_batch(rows[s:s + batch_size], length,
+                                   max(0, min(real - s, batch_size)))
+          for s in range(0, per_process, batch_size)]

@@ -245,7 +245,9 @@ def sequence_train(source: Sequence, *, max_length: int, batch_size: int, seed: 
                                process_count=process_count))
 
 
-def _sequence_batch(examples: list[Batch], width: int, real: int) -> Batch:
+def unpacked_batch(examples: list[Batch], width: int, real: int) -> Batch:
+  """One example per row, padded to ``width``; rows from ``real`` on are zero-weight
+  padding (``example_weight`` 0)."""
   b = len(examples)
   out = {'inputs': np.zeros((b, width), np.int32),
          'targets': np.zeros((b, width), np.int32),
@@ -289,7 +291,7 @@ def sequence_eval(source: Sequence, *, batch_size: int, process_index: int = 0,
     examples += [seqs[0]] * (rows - real)
     out[length] = []
     for s in range(0, rows, batch_size):
-      out[length].append(_sequence_batch(examples[s:s + batch_size], width,
+      out[length].append(unpacked_batch(examples[s:s + batch_size], width,
                                          max(0, min(real - s, batch_size))))
   return out
 

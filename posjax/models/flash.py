@@ -1,7 +1,7 @@
 """Flash attention with a custom VJP: queries and keys both tiled, empty tiles skipped.
 
-The portable implementation (any backend, and the reference for the kernels in
-``posjax.models.kernels``). The forward pass keeps only the output and the
+The portable implementation (any backend; the reference for accelerator kernels,
+none of which is built yet). The forward pass keeps only the output and the
 per-row log-sum-exp; the backward pass recomputes each tile's probabilities
 (FlashAttention-2: ``D_i = dO_i . O_i``, ``dS = P * (dP - D)``), so memory is
 linear in length in both passes.
