@@ -9,7 +9,9 @@ it trains on lengths 1..N and is evaluated at every test length N+1..10N
 (``eval/sequence_accuracy@<n>``: all answer tokens right). Model and optimiser
 defaults are posjax's choice (5 layers, 256 dims, 8 heads), not a paper's.
 Arguments: task=<name>, posenc=<name>, size=tiny|small|full, randomized (Ruoss et
-al.'s randomized positions with max_random_position=2048), runlocal.
+al.'s randomized positions, drawn in training and evaluation, with
+max_random_position=2048; 1024 at runlocal, above the widest eval row of
+size=small), runlocal.
 """
 from posjax import config_lib
 from posjax.data import synthetic
@@ -35,7 +37,7 @@ def get_config(arg: str = ''):
     config_lib.runlocal(c)
     c.seq_len = c.model.max_len = 128
     c.model.update(num_layers=2, num_heads=4, model_dim=64, mlp_dim=128,
-                   max_random_position=256)
+                   max_random_position=1024)
   return c
 
 

@@ -42,6 +42,7 @@ def evaluate(config, from_workdir: str, workdir: str) -> dict[str, float]:
     eval_sets = task.eval_sets(jax.process_index(), jax.process_count())
   except ValueError as e:
     raise validation.InputError(str(e)) from None
+  validation.check_eval_sets(mcfg, eval_sets)
   results = trainer.evaluate(params, eval_sets)
   os.makedirs(workdir, exist_ok=True)
   checkpoint.save_config(workdir, config)

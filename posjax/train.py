@@ -189,6 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   config, mcfg, task = prepare(config, workdir)
   trainer = Trainer(config, mcfg, task)
   data_iter, eval_sets = _pipelines(task)
+  validation.check_eval_sets(mcfg, eval_sets)
   init_params = _init_from(config, trainer, workdir)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)

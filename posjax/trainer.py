@@ -53,9 +53,14 @@ def train_step(state, batch, *, model, task, tx, schedule, grad_accum_steps):
   return new_state, metrics
 
 
-def eval_step(params, batch, *, model, task):
+def eval_step(params, batch, index, *, model, task, seed):
+  """Sums of one eval batch. The ``positions`` rng (used by randomized
+  positions, which Ruoss et al. also draw at test time) is fixed by the batch's
+  index: every evaluation of a run sees the same draws."""
   args, kwargs = task.model_inputs(batch)
-  return task.sums(model.apply({'params': params}, *args, **kwargs, train=False), batch)
+  rng = jax.random.fold_in(jax.random.key(seed + 2), index)
+  return task.sums(model.apply({'params': params}, *args, **kwargs, train=False,
+                               rngs={'positions': rng}), batch)
 
 
 class Trainer:
@@ -91,8 +96,8 @@ class Trainer:
         out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
     self._compiled_step = None
     self._eval_step = jax.jit(
-        functools.partial(eval_step, model=self.model, task=self.task),
-        in_shardings=(self.state_shardings['params'], batch_shardings),
+        functools.partial(eval_step, model=self.model, task=self.task, seed=config.seed),
+        in_shardings=(self.state_shardings['params'], batch_shardings, replicated),
         out_shardings=replicated)
 
   def _context(self, rules: bool = True):
@@ -124,10 +129,13 @@ class Trainer:
 
   def evaluate(self, params, eval_sets) -> dict[str, float]:
     """Metrics of every eval set (one per length, or per split), in one pass."""
-    results = {}
+    results, index = {}, 0
     with self._context():
       for name, batches in eval_sets.items():
-        results[name] = [self._eval_step(params, self.global_batch(b)) for b in batches]
+        results[name] = []
+        for b in batches:
+          results[name].append(self._eval_step(params, self.global_batch(b), np.int32(index)))
+          index += 1
     out = {}
     for name, rs in zip(results, jax.device_get(list(results.values()))):  # (Mixed key types.)
       sums = {k: sum(float(r[k]) for r in rs) for k in rs[0]}

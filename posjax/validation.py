@@ -51,6 +51,18 @@ def _validate(config):
   return mcfg, task
 
 
+def check_eval_sets(mcfg, eval_sets) -> None:
+  """InputError when randomized positions (drawn at evaluation too) cannot
+  cover the widest eval row: a sample needs that many distinct positions."""
+  if not mcfg.randomized_positions:
+    return
+  widest = max((b['inputs'].shape[1] for bs in eval_sets.values() for b in bs), default=0)
+  if widest > mcfg.max_random_position:
+    raise InputError(f'model.max_random_position: got {mcfg.max_random_position}; allowed: '
+                     f'>= {widest} (the widest eval row; randomized positions are also '
+                     'drawn at evaluation)')
+
+
 def _check_parallelism(config) -> None:
   parallel = sharding.batch_parallelism(config.mesh, jax.device_count())  # Checks the mesh.
   sharding.normalize_rules(config.logical_axis_rules)

@@ -188,17 +188,34 @@ def test_nope_order_only_through_causal_mask():
   assert not np.allclose(last(tokens), last(swapped), atol=1e-4)
 
 
-def test_randomized_positions_only_in_training():
+def test_randomized_positions_drawn_whenever_a_positions_rng_is_given():
   cfg = _cfg('rope', randomized_positions=True, max_random_position=64)
   tokens = _tokens()
   model, params = _init(cfg, tokens)
-  rngs = lambda s: {'positions': jax.random.key(s), 'dropout': jax.random.key(0)}  # noqa: E731
   apply = _apply(model)
-  train = [apply({'params': params}, tokens, train=True, rngs=rngs(s)) for s in (1, 2)]
-  assert not np.allclose(train[0], train[1])
-  np.testing.assert_allclose(apply({'params': params}, tokens),
-                             _apply(models.build(cfg.replace(randomized_positions=False)))(
-                                 {'params': params}, tokens), rtol=1e-6)
+  drawn = [apply({'params': params}, tokens, train=t, rngs={'positions': jax.random.key(s)})
+           for t, s in ((True, 1), (True, 2), (False, 1))]
+  assert not np.allclose(drawn[0], drawn[1])
+  np.testing.assert_allclose(drawn[2], drawn[0], rtol=1e-6)  # Evaluation draws too.
+  plain = _apply(models.build(cfg.replace(randomized_positions=False)))({'params': params}, tokens)
+  np.testing.assert_allclose(apply({'params': params}, tokens), plain, rtol=1e-6)
+  assert not np.allclose(drawn[2], plain, atol=1e-4)
+
+
+def test_eval_step_draws_randomized_positions_fixed_by_batch_index():
+  from posjax import trainer
+
+  class Task:
+    model_inputs = staticmethod(lambda b: ((b['inputs'],), {}))
+    sums = staticmethod(lambda logits, b: {'logits': logits})
+
+  cfg = _cfg('alibi', randomized_positions=True, max_random_position=64)
+  tokens = _tokens()
+  model, params = _init(cfg, tokens)
+  step = lambda i: trainer.eval_step(params, {'inputs': tokens}, i, model=model,  # noqa: E731
+                                     task=Task, seed=0)['logits']
+  np.testing.assert_array_equal(step(3), step(3))
+  assert not np.allclose(step(3), step(4), atol=1e-4)
 
 
 def test_classifier_and_matcher_shapes():

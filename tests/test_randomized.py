@@ -22,15 +22,31 @@ def test_max_equal_to_length_is_the_identity():
   np.testing.assert_array_equal(randomized_positions(RNG, pos, 8), pos)
 
 
-def test_packed_documents_each_sorted_and_share_the_prefix():
-  pos = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1]], np.int32)
-  out = np.asarray(randomized_positions(RNG, pos, 1000))[0]
-  docs = [out[0:5], out[5:8], out[8:10]]
-  for d in docs:
+def test_packed_documents_each_draw_their_own_sorted_sample():
+  pos = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 0, 0]], np.int32)
+  seg = np.array([[1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 0, 0]], np.int32)
+  out = np.asarray(randomized_positions(RNG, pos, 1000, seg))[0]
+  for d in (out[0:5], out[5:8], out[8:10]):
     assert (np.diff(d) > 0).all()
-  # Gathered by the original position: every document starts at sample[0..n).
-  np.testing.assert_array_equal(docs[1], docs[0][:3])
-  np.testing.assert_array_equal(docs[2], docs[0][:2])
+  assert len(set(out.tolist())) == out.size  # Disjoint slices of one permutation.
+
+
+def test_tokens_take_the_sample_in_the_order_of_their_positions():
+  pos = np.array([[2, 0, 1, 1, 0]], np.int32)
+  seg = np.array([[1, 1, 1, 2, 2]], np.int32)
+  out = np.asarray(randomized_positions(RNG, pos, 50, seg))[0]
+  assert out[1] < out[2] < out[0] and out[4] < out[3]
+
+
+def test_a_short_packed_document_spans_the_whole_range():
+  """As in Ruoss et al.: a document of n tokens draws n of [0, M), wherever it is
+  packed; its largest position averages M n / (n + 1), not that of a prefix."""
+  rows, m = 2000, 1000
+  pos = np.tile(np.r_[np.arange(40), np.arange(2)].astype(np.int32), (rows, 1))
+  seg = np.tile(np.r_[np.ones(40), 2 * np.ones(2)].astype(np.int32), (rows, 1))
+  out = np.asarray(randomized_positions(RNG, pos, m, seg))
+  np.testing.assert_allclose(out[:, 41].mean(), m * 2 / 3, rtol=0.05)
+  np.testing.assert_allclose(out[:, 39].mean(), m * 40 / 41, rtol=0.05)
 
 
 def test_deterministic_by_rng_and_jittable():

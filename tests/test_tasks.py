@@ -56,6 +56,19 @@ def test_synthetic_sequence_trains_and_reports_per_length(data_dir, tmp_path, ca
   assert all(0 <= v <= 1 for k, v in metrics.items() if k.startswith('eval/sequence_accuracy'))
 
 
+def test_randomized_positions_narrower_than_an_eval_row_is_one_line(data_dir, tmp_path,
+                                                                       capsys):
+  c = _shrink(config('synthetic', 'task=reverse_string,posenc=rope,randomized,runlocal'))
+  c.data.data_dir = data_dir
+  c.model.max_random_position = c.model.max_len  # Test rows of 10N are wider.
+  with pytest.raises(SystemExit) as e:
+    main.run_job(c, str(tmp_path / 'run'))
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith(f'error: model.max_random_position: got {c.model.max_len}; allowed: >=')
+  assert not (tmp_path / 'run').exists()
+
+
 def test_missing_dataset_says_how_to_build_it(tmp_path, capsys):
   c = config('lra_listops', 'runlocal')
   c.data.data_dir = str(tmp_path / 'empty')

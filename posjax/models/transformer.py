@@ -112,8 +112,8 @@ class Encoder(nn.Module):
            if positions_BxL is None else positions_BxL.astype(jnp.int32))
     seg = (jnp.ones((B, L), jnp.int32) if segment_ids_BxL is None
            else segment_ids_BxL.astype(jnp.int32))
-    if cfg.randomized_positions and train:
-      pos = randomized_positions(self.make_rng('positions'), pos, cfg.max_random_position)
+    if cfg.randomized_positions and self.has_rng('positions') and not decode:
+      pos = randomized_positions(self.make_rng('positions'), pos, cfg.max_random_position, seg)
     x = self.embedding(tokens_BxL)
     shared = None
     if self.posenc is not None:  # Only shared encodings act on the embedding.
