@@ -45,6 +45,7 @@ def _validate(config):
     raise ValueError(f'model.kind: got {mcfg.kind!r}; allowed: {task.model_kind} '
                      f'(for task={task.name!r})')
   _check_parallelism(config)
+  _check_attention(mcfg)
   _check_steps(config, mcfg)
   _check_optimizer(config)
   task.check(mcfg)  # 'data.*' errors; a missing dataset says how to build it.
@@ -61,6 +62,19 @@ def check_eval_sets(mcfg, eval_sets) -> None:
     raise InputError(f'model.max_random_position: got {mcfg.max_random_position}; allowed: '
                      f'>= {widest} (the widest eval row; randomized positions are also '
                      'drawn at evaluation)')
+
+
+def _check_attention(mcfg) -> None:
+  """A named fused kernel that cannot serve this config here: one line."""
+  from posjax.models import config as model_config, fused
+  if mcfg.attention not in fused.PLATFORMS:
+    return
+  why = fused.why_not(mcfg.attention, mcfg)
+  if why:
+    here = [a for a in model_config.ATTENTIONS
+            if a not in fused.PLATFORMS or fused.why_not(a, mcfg) is None]
+    raise ValueError(f'model.attention: got {mcfg.attention!r}; allowed here: '
+                     f'{", ".join(here)} ({why})')
 
 
 def _check_parallelism(config) -> None:

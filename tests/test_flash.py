@@ -65,10 +65,10 @@ def test_causal_tiles_above_the_diagonal_are_not_visited():
 
 def test_tiles_of_other_segments_are_skipped():
   q_seg = jnp.asarray([[1, 1, 2, 2]])
-  assert bool(flash._nonempty(q_seg, jnp.asarray([[2, 3, 3, 3]]), jnp.arange(4)[None]))
-  assert not bool(flash._nonempty(q_seg, jnp.asarray([[3, 3, 4, 4]]), jnp.arange(4)[None]))
+  assert bool(flash.nonempty(q_seg, jnp.asarray([[2, 3, 3, 3]]), jnp.arange(4)[None]))
+  assert not bool(flash.nonempty(q_seg, jnp.asarray([[3, 3, 4, 4]]), jnp.arange(4)[None]))
   # Keys of the query's segment that are padding / empty cache slots do not count.
-  assert not bool(flash._nonempty(q_seg, jnp.asarray([[1, 1, 3, 3]]),
+  assert not bool(flash.nonempty(q_seg, jnp.asarray([[1, 1, 3, 3]]),
                                   jnp.asarray([[-1, -1, 2, 3]])))
 
 
@@ -96,9 +96,12 @@ def test_flash_cached_decoding_equals_dense(posenc):
   _close(decode(cfg), decode(cfg.replace(attention='flash')))
 
 
-def test_auto_is_the_default_dense_when_short_flash_when_long():
+def test_auto_on_cpu_is_dense_when_short_flash_when_long():
   from posjax.models import attention
-  assert models.ModelConfig().attention == 'auto'
-  assert attention.choose('auto', attention.AUTO_DENSE_MAX) == 'dense'
-  assert attention.choose('auto', attention.AUTO_DENSE_MAX + 1) == 'flash'
-  assert attention.choose('blockwise', 10 ** 6) == 'blockwise'  # A named choice stands.
+  cfg = models.ModelConfig()
+  assert cfg.attention == 'auto'
+  n = attention.AUTO_DENSE_MAX
+  assert attention.choose(cfg, n, n) == 'dense'
+  assert attention.choose(cfg, n + 1, n + 1) == 'flash'
+  named = cfg.replace(attention='blockwise')
+  assert attention.choose(named, 10 ** 6, 10 ** 6) == 'blockwise'  # A named choice stands.

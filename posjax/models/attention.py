@@ -1,12 +1,13 @@
 """Multi-head attention that asks its positional encoding for what it needs.
 
-``attend`` is the single block computation behind both implementations:
+``attend`` is the single block computation behind two implementations:
 ``dense`` runs it once over all keys (the reference), ``blockwise`` scans it over
 key blocks with an online softmax, so no ``[H, L, S]`` array of the full length
 exists and memory grows linearly with length; ``flash`` (``posjax.models.flash``)
-tiles queries too, skips empty tiles and has its own backward pass. Attention never
-branches on encoding names: every hook of ``posjax.encodings.base.Encoding`` is
-called, and the identity defaults cost nothing.
+tiles queries too, skips empty tiles and has its own backward pass; ``cudnn`` and
+``splash`` (``posjax.models.fused``) are the vendors' kernels for encodings with no
+bias or value hook. Attention never branches on encoding names: every hook of
+``posjax.encodings.base.Encoding`` is called, and the identity defaults cost nothing.
 """
 from __future__ import annotations
 
@@ -18,26 +19,39 @@ import jax
 import jax.numpy as jnp
 
 from posjax.encodings.base import Encoding
+from posjax.models import fused
 from posjax.models.config import ModelConfig
 
 NEG = -1e30  # Finite "minus infinity": keeps fully masked rows NaN-free.
-# ``attention='auto'``: dense (one block, probabilities for analysis) up to this
-# many keys, flash above (tests/test_flash.py; experiments/attention_benchmark.py:
-# flash is faster from 1024 keys on CPU). No fused accelerator kernel is built
-# yet, so the rule is the same on every platform.
+# ``attention='auto'``: the platform's fused kernel (``posjax.models.fused``:
+# cuDNN on GPU, splash on TPU) where it can serve the config; else dense (one
+# block, probabilities for analysis) up to this many keys and flash above
+# (tests/test_flash.py; experiments/attention_benchmark.py: flash is faster from
+# 1024 keys on CPU).
 AUTO_DENSE_MAX = 512
 _announced: set = set()
 
 
-def choose(attention: str, num_keys: int) -> str:
-  """The implementation ``attention`` means for this many keys (logged once per choice)."""
-  if attention != 'auto':
-    return attention
-  chosen = 'dense' if num_keys <= AUTO_DENSE_MAX else 'flash'
-  if (num_keys, chosen) not in _announced:
-    _announced.add((num_keys, chosen))
-    logging.info('attention=auto: %s for %d keys on %s (dense up to %d keys)', chosen,
-                 num_keys, jax.default_backend(), AUTO_DENSE_MAX)
+def choose(cfg: ModelConfig, num_queries: int, num_keys: int) -> str:
+  """The implementation ``cfg.attention`` means for these lengths (logged once).
+
+  Fused kernels serve full passes only: cached decoding (fewer queries than
+  keys) takes dense or flash by the key count, even when a kernel is named.
+  """
+  chosen, why = cfg.attention, 'named'
+  if chosen == 'auto':
+    kernel = fused.for_platform()
+    why = fused.why_not(kernel, cfg, num_keys) if kernel else 'no fused kernel here'
+    chosen = kernel if why is None else None
+  if chosen in fused.PLATFORMS and num_queries != num_keys:
+    chosen, why = None, 'cached decoding'
+  if chosen is None:
+    chosen = 'dense' if num_keys <= AUTO_DENSE_MAX else 'flash'
+    why = f'{why}; dense up to {AUTO_DENSE_MAX} keys, flash above'
+  if (cfg.attention, num_keys, chosen) not in _announced:
+    _announced.add((cfg.attention, num_keys, chosen))
+    logging.info('attention=%s: %s for %d keys on %s (%s)', cfg.attention, chosen, num_keys,
+                 jax.default_backend(), why or 'the fused kernel serves this config')
   return chosen
 
 
@@ -137,13 +151,17 @@ class Attention(nn.Module):
     if decode:
       k, v, kpos, kseg, kidx, idx = self._update_cache(k, v, pos_BxL, seg_BxL)
     args = (self.encoding, q, k, v, pos_BxL, kpos, idx, kidx, seg_BxL, kseg)
-    impl = choose(cfg.attention, k.shape[1])
-    if impl == 'flash' and self.is_initializing():  # Init makes the encoding's params,
-      impl = 'blockwise'  # which flash applies its hooks to; blockwise: linear memory.
-    if impl == 'flash':
+    impl = choose(cfg, q.shape[1], k.shape[1])
+    if impl in ('flash', 'pallas') and self.is_initializing():  # Init makes the encoding's
+      impl = 'blockwise'  # params, which flash applies its hooks to; blockwise: linear memory.
+    if impl in ('cudnn', 'splash'):
+      out, probs = fused.attend(impl, q, k, v, seg_BxL, kseg, causal=cfg.causal,
+                                scale=cfg.head_dim ** -0.5), None
+    elif impl in ('flash', 'pallas'):
       from posjax.models import flash  # (flash builds on this module.)
       out, probs = flash.attend(*args, causal=cfg.causal, block_q=cfg.block_size,
-                                block_k=cfg.block_size, scale=cfg.head_dim ** -0.5), None
+                                block_k=cfg.block_size, scale=cfg.head_dim ** -0.5,
+                                pallas=impl == 'pallas'), None
     else:
       block = cfg.block_size if impl == 'blockwise' else None
       out, probs = attend(*args, causal=cfg.causal, block_size=block,

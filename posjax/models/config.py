@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 KINDS = ('decoder', 'encoder_classifier', 'matcher')
-ATTENTIONS = ('auto', 'dense', 'blockwise', 'flash')
+ATTENTIONS = ('auto', 'dense', 'blockwise', 'flash', 'cudnn', 'splash', 'pallas')
 NORMS = ('layernorm', 'rmsnorm')
 POOLINGS = ('cls', 'mean')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -38,7 +38,7 @@ class ModelConfig:
   tied_embedding: bool = True
   posenc: str = 'rope'
   posenc_args: tuple = ()     # sorted (key, value) pairs: hashable for jit
-  attention: str = 'auto'     # auto: dense up to AUTO_DENSE_MAX keys, flash above
+  attention: str = 'auto'     # auto: the platform's fused kernel, else dense / flash
   block_size: int = 128       # blockwise / flash attention: query and key block size
   randomized_positions: bool = False
   max_random_position: int = 2048

@@ -1,7 +1,8 @@
 """Flash attention with a custom VJP: queries and keys both tiled, empty tiles skipped.
 
-The portable implementation (any backend; the reference for accelerator kernels,
-none of which is built yet). The forward pass keeps only the output and the
+The portable implementation (any backend, and every encoding; the vendors' fused
+kernels in ``posjax.models.fused`` serve only encodings without a bias or value
+hook, and no in-kernel-bias accelerator kernel is built yet). The forward pass keeps only the output and the
 per-row log-sum-exp; the backward pass recomputes each tile's probabilities
 (FlashAttention-2: ``D_i = dO_i . O_i``, ``dS = P * (dP - D)``), so memory is
 linear in length in both passes.
@@ -84,7 +85,7 @@ def _pad(x, n, fill):
   return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
 
 
-def _nonempty(qseg_t, kseg_t, kidx_t):
+def nonempty(qseg_t, kseg_t, kidx_t):
   """False only if no (query, key) pair of the tile shares a segment."""
   big = jnp.iinfo(jnp.int32).max
   valid = kidx_t >= 0
@@ -105,7 +106,7 @@ def _full(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):
 
 def _tile_case(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):
   """0: no allowed pair (skipped); 1: some masked pairs; 2: no masked pair."""
-  return jnp.where(_nonempty(qseg_t, kseg_t, kidx_t),
+  return jnp.where(nonempty(qseg_t, kseg_t, kidx_t),
                    1 + _full(qidx_t, kidx_t, qseg_t, kseg_t, causal), 0).astype(jnp.int32)
 
 
@@ -117,7 +118,7 @@ def _by_case(case, masked_step, state, mask):
                         state)
 
 
-class _Inputs:
+class Inputs:
   """The padded operands and their tiles, shared by the forward and backward passes."""
 
   def __init__(self, tiles, q, k, v, qpos, kpos, qidx, kidx, qseg, kseg):
@@ -137,7 +138,7 @@ class _Inputs:
     return tuple(t.k(x, j) for x in (self.k, self.v, self.kpos, self.kidx, self.kseg))
 
 
-def _forward(hooks, x: _Inputs, scale):
+def _forward(hooks, x: Inputs, scale):
   """Output ``[B, Lp, H, Kv]`` float32 and log-sum-exp ``[B, Lp, H]``."""
   t = x.t
 
@@ -194,7 +195,7 @@ def _replay_carries(hooks, x, q, qpos, qidx, qseg, n, scale):
   return jax.lax.fori_loop(0, n, key_tile, (carry0, buf))[1]
 
 
-def _backward(module, variables, x: _Inputs, out, lse, dout, scale):
+def _backward(module, variables, x: Inputs, out, lse, dout, scale):
   t = x.t
   D_BxLxH = jnp.sum(dout.astype(_f32) * out, -1)
   zeros = lambda a: jnp.zeros(a.shape, _f32)  # noqa: E731
@@ -249,9 +250,11 @@ def _backward(module, variables, x: _Inputs, out, lse, dout, scale):
 
 
 def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, kidx_BxS,
-           qseg_BxL, kseg_BxS, *, causal: bool, block_q: int, block_k: int, scale: float):
+           qseg_BxL, kseg_BxS, *, causal: bool, block_q: int, block_k: int, scale: float,
+           pallas: bool = False):
   """Flash attention; the same arguments and output as ``attention.attend``
-  (without probabilities). ``enc`` is a bound encoding module."""
+  (without probabilities). ``enc`` is a bound encoding module. ``pallas``: the
+  forward pass is the Pallas kernel of ``posjax.models.flash_pallas``."""
   module, variables = enc.unbind()
   L, S = q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
   bq, bk = min(block_q, L), min(block_k, S)
@@ -264,13 +267,17 @@ def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, k
     return fwd(variables, q, k, v, ints)[0]
 
   def fwd(variables, q, k, v, ints):
-    x = _Inputs(tiles, q, k, v, *ints)
-    out, lse = _forward(_Hooks(module, variables), x, scale)
+    x = Inputs(tiles, q, k, v, *ints)
+    if pallas:
+      from posjax.models import fused, flash_pallas
+      out, lse = flash_pallas.forward(module, variables, x, scale, interpret=fused.emulated())
+    else:
+      out, lse = _forward(_Hooks(module, variables), x, scale)
     return out[:, :L].astype(v.dtype), (variables, q, k, v, ints, out, lse)
 
   def bwd(res, dout):
     variables, q, k, v, ints, out, lse = res
-    x = _Inputs(tiles, q, k, v, *ints)
+    x = Inputs(tiles, q, k, v, *ints)
     dout = _pad(dout, tiles.nq * tiles.bq, 0)
     dq, dk, dv, dvars = _backward(module, variables, x, out, lse, dout, scale)
     return (dvars, dq[:, :L].astype(q.dtype), dk[:, :S].astype(k.dtype),
