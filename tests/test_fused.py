@@ -148,8 +148,9 @@ PALLAS_CASES = [pytest.param(n, marks=() if n in PALLAS_FAST else pytest.mark.sl
 
 
 @pytest.mark.parametrize('posenc', PALLAS_CASES)
-def test_pallas_forward_with_in_kernel_bias_equals_dense(posenc, monkeypatch):
-  """Values and gradients (the backward is flash's) on packed rows, tiles of 4."""
+def test_pallas_kernels_with_in_kernel_bias_equal_dense(posenc, monkeypatch):
+  """Values and gradients (dq, dk, dv and the bias variables') on packed rows,
+  tiles of 4, in Pallas interpret mode."""
   from test_flash import _close, _loss_and_grads
   monkeypatch.setenv('POSJAX_EMULATE_KERNELS', '1')
   cfg = _cfg(posenc, num_layers=1, block_size=4)

@@ -2,7 +2,8 @@
 
 The portable implementation (any backend, and every encoding; the vendors' fused
 kernels in ``posjax.models.fused`` serve only encodings without a bias or value
-hook, and no in-kernel-bias accelerator kernel is built yet). The forward pass keeps only the output and the
+hook, and ``posjax.models.flash_pallas`` only those whose bias is a function of
+positions). The forward pass keeps only the output and the
 per-row log-sum-exp; the backward pass recomputes each tile's probabilities
 (FlashAttention-2: ``D_i = dO_i . O_i``, ``dS = P * (dP - D)``), so memory is
 linear in length in both passes.
@@ -253,8 +254,8 @@ def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, k
            qseg_BxL, kseg_BxS, *, causal: bool, block_q: int, block_k: int, scale: float,
            pallas: bool = False):
   """Flash attention; the same arguments and output as ``attention.attend``
-  (without probabilities). ``enc`` is a bound encoding module. ``pallas``: the
-  forward pass is the Pallas kernel of ``posjax.models.flash_pallas``."""
+  (without probabilities). ``enc`` is a bound encoding module. ``pallas``: both
+  passes are the Pallas kernels of ``posjax.models.flash_pallas``."""
   module, variables = enc.unbind()
   L, S = q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
   bq, bk = min(block_q, L), min(block_k, S)
@@ -279,7 +280,12 @@ def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, k
     variables, q, k, v, ints, out, lse = res
     x = Inputs(tiles, q, k, v, *ints)
     dout = _pad(dout, tiles.nq * tiles.bq, 0)
-    dq, dk, dv, dvars = _backward(module, variables, x, out, lse, dout, scale)
+    if pallas:
+      from posjax.models import fused, flash_pallas
+      dq, dk, dv, dvars = flash_pallas.backward(module, variables, x, out, lse, dout, scale,
+                                                interpret=fused.emulated())
+    else:
+      dq, dk, dv, dvars = _backward(module, variables, x, out, lse, dout, scale)
     return (dvars, dq[:, :L].astype(q.dtype), dk[:, :S].astype(k.dtype),
             dv[:, :S].astype(v.dtype), jax.tree.map(lambda _: None, ints))
 

@@ -31,8 +31,9 @@ import jax.numpy as jnp
 
 from posjax.encodings.base import BIAS, VALUES
 
-# Where each kernel runs. ``pallas`` (``posjax.models.flash_pallas``): the flash
-# forward pass with the bias computed in-kernel; ``auto`` does not pick it yet.
+# Where each kernel runs. ``pallas`` (``posjax.models.flash_pallas``): flash
+# attention with the bias computed in-kernel; ``auto`` does not pick it yet (it
+# has not been compiled on a device).
 PLATFORMS = {'cudnn': ('gpu',), 'splash': ('tpu',), 'pallas': ('gpu', 'tpu')}
 AUTO = {'gpu': 'cudnn', 'tpu': 'splash'}
 CUDNN_DTYPES = ('bfloat16', 'float16')
