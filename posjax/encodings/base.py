@@ -84,6 +84,10 @@ class Encoding(nn.Module):
   # ``bias(None, None, qpos, kpos, mask, None)`` gives its curve by distance
   # (``posjax.analysis.bias_by_distance``).
   bias_from_positions: ClassVar[bool] = False
+  # That bias uses only elementwise arithmetic (no table gather, no matmul), so
+  # the Pallas kernels (``attention='pallas'``) can compute it on a GPU (Triton)
+  # or TPU (Mosaic); tests/test_lowering.py lowers them for both.
+  bias_in_kernel: ClassVar[bool] = False
 
   def embed(self, x_BxLxD: Array, pos_BxL: Array) -> Array:
     del pos_BxL

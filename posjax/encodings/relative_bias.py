@@ -122,6 +122,7 @@ class ALiBi(Encoding):
   acts_at = (BIAS,)
   translation_invariant = True
   bias_from_positions = True
+  bias_in_kernel = True
 
   def bias(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS, mask_BxLxS, carry):
     del q_BxLxHxK, k_BxSxHxK, mask_BxLxS
@@ -158,6 +159,7 @@ class _Kerple(Encoding):
   translation_invariant = True
   has_params = True
   bias_from_positions = True
+  bias_in_kernel = True
   r1_high = 2.0
 
   def setup(self):

@@ -92,7 +92,8 @@ def nonempty(qseg_t, kseg_t, kidx_t):
   valid = kidx_t >= 0
   kmin = jnp.where(valid, kseg_t, big).min(1)
   kmax = jnp.where(valid, kseg_t, -big).max(1)
-  return jnp.any((qseg_t.min(1) <= kmax) & (kmin <= qseg_t.max(1)))
+  overlap = (qseg_t.min(1) <= kmax) & (kmin <= qseg_t.max(1))
+  return overlap.astype(jnp.int32).max() > 0  # (Not jnp.any: Triton has no reduce_or.)
 
 
 def _full(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):

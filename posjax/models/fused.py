@@ -33,7 +33,7 @@ from posjax.encodings.base import BIAS, VALUES
 
 # Where each kernel runs. ``pallas`` (``posjax.models.flash_pallas``): flash
 # attention with the bias computed in-kernel; ``auto`` does not pick it yet (it
-# has not been compiled on a device).
+# lowers for both devices but has not run on one).
 PLATFORMS = {'cudnn': ('gpu',), 'splash': ('tpu',), 'pallas': ('gpu', 'tpu')}
 AUTO = {'gpu': 'cudnn', 'tpu': 'splash'}
 CUDNN_DTYPES = ('bfloat16', 'float16')
@@ -60,8 +60,8 @@ def why_not(kernel: str, mcfg, length: int | None = None) -> str | None:
     return f'{kernel} needs a {" or ".join(PLATFORMS[kernel])}; this platform is {platform}'
   cls = mcfg.encoding_class
   hooks = set(cls.acts_at) & {BIAS, VALUES}
-  if kernel == 'pallas' and cls.bias_from_positions:
-    hooks -= {BIAS}
+  if kernel == 'pallas' and (cls.bias_in_kernel or (emulated() and cls.bias_from_positions)):
+    hooks -= {BIAS}  # (Interpret mode runs any position-only bias.)
   if hooks:
     return (f'posenc={mcfg.posenc} acts at {", ".join(sorted(hooks))}, which {kernel} cannot '
             'take (use flash)')
