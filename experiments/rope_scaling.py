@@ -90,7 +90,9 @@ def runs(scale: str) -> list[experiments.Run]:
 
 
 def _perplexity(record) -> dict:
-  return report_lib.metric_by_suffix(record, 'eval/perplexity@')
+  """By evaluation length (the passkey sets' perplexities are left out)."""
+  return {n: v for n, v in report_lib.metric_by_suffix(record, 'eval/perplexity@').items()
+          if isinstance(n, int)}
 
 
 def _passkey(record) -> dict[tuple[float, int], float]:

@@ -212,10 +212,14 @@ def test_rope_scaling_report_has_passkey_heat_maps_and_means(tmp_path):
   rs = suite('rope_scaling')
   keys = {'eval/sequence_accuracy@passkey_128_0': 1.0, 'eval/sequence_accuracy@passkey_128_50': 0.5,
           'eval/sequence_accuracy@passkey_256_0': 0.0, 'eval/sequence_accuracy@passkey_256_50': 0.25}
-  records = [_record('rope', **{'eval/perplexity@64': 3.0}, **keys),
-             _record('yarn-4x-zeroshot', 'failed')]
+  # A passkey set also reports a perplexity: not an evaluation length.
+  ppl = {'eval/perplexity@64': 3.0, 'eval/perplexity@128': 4.0,
+         'eval/perplexity@passkey_128_0': 9.0}
+  records = [_record('rope', **ppl, **keys), _record('yarn-4x-zeroshot', 'failed')]
   md = rs.report(str(tmp_path), records)
   assert '| rope | 0.75 | 0.12 |' in md and '| yarn-4x-zeroshot | failed | failed |' in md
+  assert '| rope | 3.00 | 4.00 |' in md and 'passkey_128_0 |' not in md
+  assert (tmp_path / 'perplexity_zeroshot.png').exists()
   assert rs._passkey(records[0]) == {(0.0, 128): 1.0, (0.5, 128): 0.5, (0.0, 256): 0.0,
                                      (0.5, 256): 0.25}
   assert os.listdir(tmp_path / 'passkey') == ['rope.png']  # A failed run has no map.
