@@ -142,7 +142,7 @@ def test_gpu_benchmark_script_runs_emulated_on_cpu(tmp_path):
     assert part in out.stdout
 
 
-PALLAS_FAST = ('none', 'alibi', 't5')  # No bias, a closed form, a shared table.
+PALLAS_FAST = ('alibi', 't5')  # A closed form, a shared table.
 PALLAS_CASES = [pytest.param(n, marks=() if n in PALLAS_FAST else pytest.mark.slow)
                 for n in ('none', 'rope', 'alibi', 't5', 'kerple_log', 'kerple_power', 'fire')]
 
