@@ -14,7 +14,7 @@ max_random_position=2048; 1024 at runlocal, above the widest eval row of
 size=small), runlocal.
 """
 from posjax import config_lib
-from posjax.data import synthetic
+from posjax.data import synthetic, synthetic_splits
 
 
 def get_config(arg: str = ''):
@@ -38,7 +38,17 @@ def get_config(arg: str = ''):
     c.seq_len = c.model.max_len = 128
     c.model.update(num_layers=2, num_heads=4, model_dim=64, mlp_dim=128,
                    max_random_position=1024)
+  _fit(c)
   return c
+
+
+def _fit(c):
+  """Rows at least as long as the task's longest training example, and
+  randomized positions covering its widest test row (both: the task's own
+  lengths at ``data.size``; e.g. passkey's fixed text exceeds N)."""
+  train, test = synthetic_splits.widths(c.data.name, c.data.size)
+  c.seq_len = c.model.max_len = max(c.seq_len, -(-train // 32) * 32)
+  c.model.max_random_position = max(c.model.max_random_position, 1 << (test - 1).bit_length())
 
 
 def sweep():

@@ -69,6 +69,26 @@ def test_randomized_positions_narrower_than_an_eval_row_is_one_line(data_dir, tm
   assert not (tmp_path / 'run').exists()
 
 
+def test_rows_shorter_than_every_training_example_is_one_line(data_dir, tmp_path, capsys):
+  c = _shrink(config('synthetic', 'task=reverse_string,posenc=rope,runlocal'))
+  c.data.data_dir = data_dir
+  c.seq_len = c.model.max_len = 1  # The shortest row (length 1) takes 2 tokens.
+  with pytest.raises(SystemExit) as e:
+    main.run_job(c, str(tmp_path / 'run'))
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith('error: seq_len: got 1; allowed: >= 2 (no training example')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_synthetic_config_fits_rows_and_random_positions_to_the_task():
+  from posjax.data import synthetic_splits
+  c = config('synthetic', 'task=passkey,runlocal')  # A fixed text longer than N.
+  train, test = synthetic_splits.widths('passkey', c.data.size)
+  assert c.seq_len == c.model.max_len >= train > 128
+  assert c.model.max_random_position >= test > 1024
+
+
 def test_missing_dataset_says_how_to_build_it(tmp_path, capsys):
   c = config('lra_listops', 'runlocal')
   c.data.data_dir = str(tmp_path / 'empty')

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from posjax.data import lra, prepared, text
+from posjax.data import lra, prepared, synthetic_splits, text
 
 SIZES = prepared.SIZES
 
@@ -169,22 +169,16 @@ class LraImage(_FromManualDir):
 # ---------------------------------------------------------------------------
 # Synthetic length-generalisation tasks: one builder per task.
 
-# Train on lengths 1..N, test on N+1..10N (Ruoss et al. 2023): (N, train examples
-# per length, test examples per length, at most this many test lengths, evenly
-# spread).
-SYNTHETIC_SIZES = {'tiny': (8, 8, 4, 6), 'small': (20, 200, 20, 60), 'full': (40, 2500, 100, 360)}
+# Train on lengths 1..N, test on N+1..10N (Ruoss et al. 2023); the sizes live in
+# posjax.data.synthetic_splits (light: configs read them).
+SYNTHETIC_SIZES = synthetic_splits.SIZES
 
 
 def _synthetic_splits(task: str):
   def splits(size: str, seed: int):
     from posjax.data import synthetic
-    n_max, n_train, n_test, max_test_lengths = SYNTHETIC_SIZES[size]
-    spec = synthetic.TASKS[task]
-    lo = max(1, spec.min_length)
-    hi = max(n_max, lo)  # Tasks with a minimum length above N train at it alone.
-    top = 10 * hi if spec.max_length is None else min(10 * hi, spec.max_length)
-    train = range(lo, hi + 1)
-    test = sorted(set(np.linspace(hi + 1, top, max_test_lengths).round().astype(int)))
+    _, n_train, n_test, _ = SYNTHETIC_SIZES[size]
+    train, test = synthetic_splits.lengths(task, size)
     def gen(lengths, count, offset):
       for n in lengths:
         for i, ex in enumerate(synthetic.generate(task, length=n, num_examples=count,

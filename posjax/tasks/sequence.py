@@ -25,6 +25,10 @@ class Sequence(Task):
                        f'{", ".join(names)} (for task=sequence)')
     self.check_vocab(mcfg, synthetic.VOCAB_SIZE)
     self.source  # A missing dataset says how to build it.
+    shortest = min(e['inputs'].size + e['targets'].size for e in self.split('train'))
+    if shortest > self.config.seq_len:  # (Packing skips rows longer than seq_len.)
+      raise ValueError(f'seq_len: got {self.config.seq_len}; allowed: >= {shortest} (no '
+                       f'training example of data.name={self.config.data.name!r} fits)')
 
   @functools.cache
   def split(self, name: str) -> list[dict]:
