@@ -25,6 +25,7 @@ from typing import Any, Callable
 import ml_collections
 
 from posjax.report_plots import plot_heatmap, plot_lines  # noqa: F401 (re-exported)
+from posjax.workdir import in_use
 
 STATUSES = ('finished', 'failed', 'running', 'interrupted', 'missing')
 STATUS_FILE = 'status.json'
@@ -67,7 +68,8 @@ class Table:
 def load_run(workdir: str, name: str | None = None) -> RunRecord:
   """The record of the run in ``workdir`` (named ``name``, else its basename).
 
-  The status is the runner's ``status.json`` if it has a readable one; else
+  The status is the runner's ``status.json`` if it has a readable one (but a
+  'running' run whose lock no process holds is judged from its metrics); else
   'finished' if the last train step logged is ``config.num_train_steps`` and that
   step was evaluated, 'interrupted' if metrics exist but it did not finish, and
   'missing' without the directory or ``metrics.jsonl``. Unreadable lines of
@@ -79,6 +81,8 @@ def load_run(workdir: str, name: str | None = None) -> RunRecord:
   config = _read_config(os.path.join(workdir, 'config.json'))
   final = {k: points[-1][1] for k, points in history.items()}
   status, reason = _read_status(os.path.join(workdir, STATUS_FILE))
+  if status == 'running' and not in_use(workdir):  # Its runner was killed.
+    status, reason = _infer_status(config, history)
   if status is None:
     if not os.path.isdir(workdir):
       status, reason = 'missing', f'no directory {workdir}'

@@ -57,3 +57,20 @@ class Lock:
     if self.fd is not None:
       os.close(self.fd)  # Closing the descriptor releases the flock.
       self.fd = None
+
+
+def in_use(workdir: str) -> bool:
+  """True while a process holds ``workdir``'s lock (a run whose runner was
+  killed leaves the file but not the lock)."""
+  path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+  if not os.path.exists(path):
+    return False
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+  except BlockingIOError:
+    return True
+  finally:
+    os.close(fd)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from posjax import report
+from posjax import report, workdir
 
 PNG = b'\x89PNG\r\n\x1a\n'
 RUNS = ['rope', 'alibi', 'nope', 't5', 'fire']
@@ -47,7 +47,17 @@ def suite(tmp_path):
   _write_run(tmp_path / 't5', [], status={'status': 'running', 'reason': ''})
   (tmp_path / 'suite.json').write_text(json.dumps(
       {'suite': 'test', 'scale': 'local', 'overrides': {}, 'runs': RUNS}))
-  return tmp_path
+  lock = workdir.Lock(str(tmp_path / 't5')).acquire()  # t5's process is alive.
+  yield tmp_path
+  lock.release()
+
+
+def test_a_running_run_whose_lock_nobody_holds_was_interrupted(tmp_path):
+  _write_run(tmp_path / 'rope', [_train(100, 2.0)],
+             status={'status': 'running', 'reason': ''})
+  (tmp_path / 'rope' / workdir.LOCK_FILE).write_text('process 1 on gone since then')
+  record = report.load_run(str(tmp_path / 'rope'))
+  assert (record.status, record.reason) == ('interrupted', 'stopped at step 100 of 200')
 
 
 def _ppl(r):
