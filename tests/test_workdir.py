@@ -31,9 +31,13 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_killed_one_does_not_blo
   lock = run / workdir.LOCK_FILE
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   cmd = [sys.executable, '-m', 'posjax.main', f'--config={path}', f'--workdir={run}']
-  # The holder: a long run (1e6 steps) whose lock we wait for.
-  holder = subprocess.Popen(cmd + ['--config.num_train_steps=1000000'], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  # The holder: a long run (1e6 steps) whose lock we wait for. It saves no
+  # checkpoint before it is killed, whatever the machine's speed, so the third run
+  # (3 steps) starts afresh.
+  holder = subprocess.Popen(cmd + ['--config.num_train_steps=1000000',
+                                   '--config.checkpoint_every_steps=1000000'],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
   try:
     deadline = time.monotonic() + 120
     while not (lock.exists() and lock.read_text().startswith('process')):
