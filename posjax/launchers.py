@@ -153,6 +153,10 @@ def launch_local(jobs: list, progress: Progress, parallel: int = 1) -> dict:
 def slurm_executor(folder: str, cluster: str, **params):
   """A submitit executor (``cluster='slurm'``, or ``'local'`` / ``'debug'``);
   ``params`` with empty values are left at submitit's defaults."""
+  # Unless told not to, submitit's import runs logging.config.dictConfig, which
+  # closes every handler the process already has (absl's, a notebook's, pytest's);
+  # its records then go through the root logger like everyone else's.
+  os.environ.setdefault('SUBMITIT_LOG_LEVEL', 'NOCONFIG')
   import submitit
   executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
   executor.update_parameters(**{k: v for k, v in params.items() if v not in ('', None)})
