@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -62,12 +63,14 @@ def failure_reason(log_path: str, returncode: int) -> str:
     lines = []
   errors = [l for l in lines if l.startswith('error:')]
   reason = errors[-1] if errors else (lines[-1] if lines else 'no output')
+  if returncode < 0:  # Killed before it could say why.
+    return f'killed by {signal.Signals(-returncode).name}: {reason[:300]}'
   return f'exit code {returncode}: {reason[:300]}'
 
 
-def execute(cmd: list[str], run_dir: str) -> dict:
+def execute(cmd: list[str], run_dir: str, preexec: Callable | None = None) -> dict:
   """Runs ``cmd`` (from the repository root) with its output in ``run_dir/log.txt``;
-  writes and returns its status.json. Module-level: submitit pickles it."""
+  writes and returns its status.json. ``preexec`` runs in the child before ``cmd``."""
   os.makedirs(run_dir, exist_ok=True)
   log, path = os.path.join(run_dir, LOG_FILE), os.path.join(run_dir, STATUS_FILE)
   cmd = [sys.executable if c == 'python' and i == 0 else c for i, c in enumerate(cmd)]
@@ -75,11 +78,48 @@ def execute(cmd: list[str], run_dir: str) -> dict:
   write_json(path, status)
   start = time.time()
   with open(log, 'w') as out:
-    rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                             preexec_fn=preexec)
+    _CHILD[run_dir] = child
+    while (rc := child.poll()) is None:  # Not wait(): a signal handler may wait too.
+      time.sleep(0.5)
   status.update(status='finished' if rc == 0 else 'failed', seconds=time.time() - start,
                 reason='' if rc == 0 else failure_reason(log, rc))
   write_json(path, status)
   return status
+
+
+_CHILD = {}  # run_dir -> the running command, for Requeueable.checkpoint.
+STOP_SECONDS = 60.0  # How long a stopped run may take to write its checkpoint.
+
+
+def _ignore_submitit_signal() -> None:
+  """SLURM sends the time-limit signal to every process of the job; the run must
+  live on to get the SIGTERM that makes it checkpoint."""
+  name = os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')
+  signal.signal(getattr(signal, f'SIG{name}', signal.SIGUSR2), signal.SIG_IGN)
+
+
+class Requeueable:
+  """``execute`` as a submitit job array runs it: when SLURM signals the time limit
+  or a preemption, submitit calls ``checkpoint``, which stops the run with SIGTERM
+  (posjax saves a checkpoint and exits) and hands submitit the same call to requeue;
+  the requeued job resumes from that checkpoint (at most ``max_num_timeout`` times).
+  The job's process has one thread, so ``preexec_fn`` is safe there."""
+
+  def __call__(self, cmd: list[str], run_dir: str) -> dict:
+    return execute(cmd, run_dir, preexec=_ignore_submitit_signal)
+
+  def checkpoint(self, cmd: list[str], run_dir: str):
+    import submitit
+    child = _CHILD.get(run_dir)
+    if child is not None and child.poll() is None:
+      child.terminate()
+      try:
+        child.wait(STOP_SECONDS)
+      except subprocess.TimeoutExpired:
+        child.kill()
+    return submitit.helpers.DelayedSubmission(self, cmd, run_dir)
 
 
 # ----------------------------------------------------------------------------
@@ -124,13 +164,15 @@ def _duration(seconds: float) -> str:
   return f'{m // 60}:{m % 60:02d}:{s:02d}' if m >= 60 else f'{m}:{s:02d}'
 
 
-def _wait(futures: dict, progress: Progress, result: Callable) -> dict:
-  """Polls ``{future: job}`` until every one is done; ``result(future)`` -> status."""
+def _wait(futures: dict, progress: Progress, result: Callable,
+          gone: Callable = lambda fut: False) -> dict:
+  """Polls ``{future: job}`` until every one is done (or ``gone``);
+  ``result(future, job)`` -> status."""
   out = {}
   pending = dict(futures)
   while pending:
     for fut, job in list(pending.items()):
-      if fut.done():
+      if fut.done() or gone(fut):
         out[job.run.name] = result(fut, job)
         progress.end(job, out[job.run.name])
         del pending[fut]
@@ -164,15 +206,17 @@ def slurm_executor(folder: str, cluster: str, **params):
 
 
 def launch_slurm(jobs: list, progress: Progress, executor) -> dict:
-  """One job array (``executor.batch()``); a job that dies outside posjax (time
-  limit, node failure) is failed with submitit's reason."""
+  """One job array (``executor.batch()``) of ``Requeueable`` runs; a job that dies
+  outside posjax (node failure, too many time limits) is failed with the reason."""
   with executor.batch():
-    submitted = [executor.submit(execute, job.command, job.dir) for job in jobs]
+    submitted = [executor.submit(Requeueable(), job.command, job.dir) for job in jobs]
   for job, sub in zip(jobs, submitted):
     progress.start(job)
 
   def result(sub, job):
     try:
+      if not sub.done():  # Left the queue without a result.
+        raise RuntimeError(_last_error(str(sub.paths.stderr)))
       return sub.result()
     except Exception as e:  # submitit raises its own types for a dead job.
       text = ' '.join(str(e).split())[-300:]
@@ -181,4 +225,45 @@ def launch_slurm(jobs: list, progress: Progress, executor) -> dict:
       os.makedirs(job.dir, exist_ok=True)
       write_json(os.path.join(job.dir, STATUS_FILE), status)
       return status
-  return _wait(dict(zip(submitted, jobs)), progress, result)
+  queue = SlurmQueue() if executor.cluster == 'slurm' else None
+  return _wait(dict(zip(submitted, jobs)), progress, result,
+               gone=queue.gone if queue else lambda sub: False)
+
+
+class SlurmQueue:
+  """Which jobs ``squeue`` no longer lists, asked at most every ``every`` seconds.
+  submitit learns that a job died (time limit, node failure, scancel) from
+  ``sacct``; on a cluster without accounting it would wait for it forever."""
+
+  every = 30.0
+
+  def __init__(self):
+    self.checked, self.queued = 0.0, None
+
+  def gone(self, sub) -> bool:
+    if time.time() - self.checked >= self.every:
+      self.checked, self.queued = time.time(), self._queued()
+    if self.queued is None or sub.job_id in self.queued:
+      return False
+    return not sub.paths.result_pickle.exists()  # Not one that just finished.
+
+  @staticmethod
+  def _queued() -> set | None:
+    """Every queued or running job and array task of ours; None if squeue cannot say."""
+    try:
+      out = subprocess.run(['squeue', '--me', '-h', '-r', '-o', '%i'], capture_output=True,
+                           text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+      return None
+    return set(out.stdout.split()) if out.returncode == 0 else None
+
+
+def _last_error(path: str) -> str:
+  """The last line of a job's stderr that says error (slurmstepd's ``*** JOB 12
+  ON node CANCELLED AT ... DUE TO TIME LIMIT ***``), else a generic reason."""
+  try:
+    with open(path) as f:
+      lines = [l.strip() for l in f if 'error:' in l]
+  except OSError:
+    lines = []
+  return lines[-1] if lines else 'the job left the queue without a result'

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from posjax import experiments
+from posjax import experiments, launchers
 
 from test_experiments import TINY, suite
 
@@ -40,7 +40,7 @@ def _conf(d: str) -> str:
       f'SlurmdLogFile={d}/slurmd.log', 'ProctrackType=proctrack/linuxproc',
       'TaskPlugin=task/none', 'SelectType=select/cons_tres', 'SelectTypeParameters=CR_Core',
       'JobAcctGatherType=jobacct_gather/none', 'AccountingStorageType=accounting_storage/none',
-      'MpiDefault=none', 'ReturnToService=2', f'{node} State=UNKNOWN',
+      'MpiDefault=none', 'ReturnToService=2', 'KillWait=5', 'OverTimeLimit=0', f'{node} State=UNKNOWN',
       'PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP', ''])
 
 
@@ -106,3 +106,52 @@ def test_suite_runs_as_a_slurm_job_array(cluster, corpus, tmp_path, capsys):
   assert '| alibi |' in open(os.path.join(d, 'results.md')).read()
   assert experiments.main(suite('extrapolation'), argv) == 0  # Nothing left to submit.
   assert 'skipped (already finished: alibi, rope)' in capsys.readouterr().out
+
+
+
+def _job(tmp_path, name: str, code: str):
+  return experiments.Job(experiments.Run(name, 'configs/lm.py'), str(tmp_path / name),
+                         ['python', '-c', code], total=1)
+
+
+# Stands in for a posjax run: stops on SIGTERM (saving nothing), resumes when started again.
+RESUMABLE = """
+import os, signal, sys, time
+mark = os.path.join({d!r}, 'started')
+if os.path.exists(mark):
+  print('resumed'); sys.exit(0)
+open(mark, 'w').close()
+signal.signal(signal.SIGTERM, lambda *a: (open(mark + '.stopped', 'w').close(), sys.exit(0)))
+time.sleep(600)
+"""
+
+
+def test_a_timed_out_run_is_stopped_requeued_and_resumed(cluster, tmp_path):
+  """SLURM signals the time limit; the run gets SIGTERM (a posjax run checkpoints),
+  submitit requeues the array task and it runs again, now to the end."""
+  d = str(tmp_path / 'slow')
+  jobs = [_job(tmp_path, 'slow', RESUMABLE.format(d=d)), _job(tmp_path, 'quick', 'pass')]
+  executor = launchers.slurm_executor(str(tmp_path / 'slurm'), 'slurm', timeout_min=2,
+                                      cpus_per_task=1, slurm_signal_delay_s=60)
+  out = launchers.launch_slurm(jobs, launchers.Progress(jobs), executor)
+  assert out['quick']['status'] == 'finished'
+  assert out['slow']['status'] == 'finished', out['slow']
+  assert os.path.exists(os.path.join(d, 'started.stopped'))
+  assert open(os.path.join(d, 'log.txt')).read() == 'resumed\n'
+
+
+def test_a_job_that_leaves_the_queue_without_a_result_fails(cluster, tmp_path, monkeypatch):
+  """This cluster has no accounting (no sacct), as some do not: the launcher finds
+  the dead job (here: its submitit process killed, as a node failure would) from
+  squeue and fails it with SLURM's reason, not a hang."""
+  monkeypatch.setattr(launchers.SlurmQueue, 'every', 2.0)
+  jobs = [_job(tmp_path, 'slow', 'import time; time.sleep(600)')]
+  executor = launchers.slurm_executor(str(tmp_path / 'slurm'), 'slurm', timeout_min=20,
+                                      cpus_per_task=1)
+  kill = subprocess.Popen(['bash', '-c', 'sleep 15; pkill -KILL -f "^[^ ]*python[^ ]* -u -m submitit.core._submit"'])
+  start = time.time()
+  out = launchers.launch_slurm(jobs, launchers.Progress(jobs), executor)
+  kill.wait()
+  assert out['slow']['status'] == 'failed' and 'Killed' in out['slow']['reason'], out
+  assert json.load(open(tmp_path / 'slow' / 'status.json'))['status'] == 'failed'
+  assert time.time() - start < 120
