@@ -18,8 +18,9 @@ N = non-embedding parameters).
 time of cuDNN without bias divided by the case's time (1.0 = as fast as cuDNN; the
 target for the in-kernel-bias ``pallas`` cases is 0.8). ``pallas`` lowers to Triton
 (tests/test_lowering.py) but has never run on a GPU; a case that fails says why and
-the rest go on. T5's bias (a table gather) has no in-kernel form yet, so T5 runs
-through ``flash``, posjax's portable XLA implementation.
+the rest go on. T5 (``lookup``: 32 selects per logit) and FIRE (``scalar_mlp``: 32
+unrolled hidden units) are measured both in-kernel and through ``flash``, posjax's
+portable XLA implementation, which reads T5's table with a gather.
 
 ``longest``: the longest L (doubling from 8192 to ``--max_length``) at which a
 125M decoder (12 layers, 768, 12 heads, bf16, rope, full remat) compiles within
@@ -46,8 +47,8 @@ flags.DEFINE_integer('mfu_batch', 8, 'mfu: rows per step (global).')
 flags.DEFINE_integer('mfu_steps', 10, 'mfu: timed steps after 2 warm-up steps.')
 flags.DEFINE_list('kernel_lengths', ['2048', '8192', '32768'], 'kernels: lengths.')
 flags.DEFINE_list('kernel_cases', ['none:cudnn', 'rope:cudnn', 'none:pallas', 'alibi:pallas',
-                                   'kerple_log:pallas', 'none:flash', 'alibi:flash',
-                                   't5:flash'],
+                                   'kerple_log:pallas', 't5:pallas', 'fire:pallas',
+                                   'none:flash', 'alibi:flash', 't5:flash'],
                   'kernels: posenc:attention pairs; none:cudnn is the reference.')
 flags.DEFINE_integer('max_length', 131072, 'longest: the largest L tried.')
 flags.DEFINE_bool('smoke', False, 'Tiny shapes, to check the script runs (e.g. on CPU).')

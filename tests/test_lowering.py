@@ -51,7 +51,9 @@ def test_splash_lowers_to_mosaic(tpu_facts):
   assert 'tpu_custom_call' in _lowered('rope', 'splash', 'tpu')
 
 
-def test_bias_in_kernel_is_declared_by_the_closed_forms():
-  assert set(IN_KERNEL) >= {'none', 'alibi', 'kerple_log', 'kerple_power'}
-  assert not encodings.get('t5').bias_in_kernel  # A table gather: neither compiler has it.
-  assert not encodings.get('fire').bias_in_kernel  # A 4D MLP matmul.
+def test_every_position_bias_is_computed_in_kernel():
+  """ALiBi, Kerple, T5 (``lookup``) and FIRE (``scalar_mlp``): every encoding whose
+  bias is a function of positions alone."""
+  assert set(IN_KERNEL) == {'none'} | {n for n in encodings.names()
+                                       if encodings.get(n).bias_from_positions}
+  assert {'alibi', 'kerple_log', 'kerple_power', 't5', 'fire'} <= set(IN_KERNEL)

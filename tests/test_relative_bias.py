@@ -200,3 +200,34 @@ def test_t5_encoder_needs_four_buckets():
     rb.t5_relative_position_bucket(jnp.arange(3), bidirectional=True, num_buckets=2)
   with pytest.raises(ValueError):
     rb.alibi_slopes(0)
+
+
+IN_KERNEL = tuple(n for n in BIASES if registry.get(n).bias_in_kernel)
+
+
+def test_in_kernel_bias_is_one_head_of_the_full_bias():
+  """Under ``in_kernel(h)`` a hook gives head h alone (``per_head``, ``lookup``,
+  ``scalar_mlp`` without gathers or rank-4 matmuls), equal to head h of the full
+  bias, for decoder and encoder, with random (not initial) parameters."""
+  from posjax.encodings.base import in_kernel
+  assert set(IN_KERNEL) == {'alibi', 't5', 'kerple_log', 'kerple_power', 'fire'}
+  qpos = jnp.asarray([[0, 3, 7, 200], [5, 6, 7, 8]], jnp.int32)
+  kpos = jnp.asarray([[0, 1, 2, 3, 150], [1, 4, 9, 16, 300]], jnp.int32)
+
+  def head_biases(enc, variables):
+    def one(h):  # A traced head, as the kernels trace it.
+      with in_kernel(h):
+        return bias_fn(enc)(variables, qpos, kpos)
+    return jax.jit(lambda: (bias_fn(enc)(variables, qpos, kpos),
+                            jax.vmap(one)(jnp.arange(4, dtype=jnp.int32))))()
+
+  for name in IN_KERNEL:
+    for causal in (True, False):
+      enc = make(name, causal)
+      variables, _ = init_and_bias(enc, qpos, kpos)
+      variables = jax.tree.map(  # Away from the init, so a wrong head shows.
+          lambda a: a + jax.random.normal(jax.random.key(1), a.shape), variables)
+      full, heads = head_biases(enc, variables)
+      assert heads.shape == (4, 2, 1, 4, 5), (name, heads.shape)
+      np.testing.assert_allclose(heads[:, :, 0].transpose(1, 0, 2, 3), full, rtol=1e-5,
+                                 atol=1e-5, err_msg=f'{name} causal={causal}')

@@ -17,12 +17,19 @@ Shared math, written once and called by every encoding that needs it:
 ``relative`` (key - query), ``check_base``, ``sinusoid_inv_freq`` and ``cos_sin`` (the
 sinusoid of integer positions with exact float32 angles).
 
+A bias hook that reads its per-head values through ``per_head``, its tables through
+``lookup`` and its small MLPs through ``scalar_mlp`` runs unchanged inside the Pallas
+kernels (``posjax.models.flash_pallas``): there ``in_kernel(h)`` makes those helpers
+give one head's bias, ``[B, 1, L, S]``, with no gather and no batched matmul.
+
 Blockwise attention evaluates ``bias`` once per key block, visiting key blocks
 from the last to the first; ``carry`` lets an encoding accumulate across blocks
 (CoPE's gate sums). Dense attention is the same code with a single block.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -84,9 +91,10 @@ class Encoding(nn.Module):
   # ``bias(None, None, qpos, kpos, mask, None)`` gives its curve by distance
   # (``posjax.analysis.bias_by_distance``).
   bias_from_positions: ClassVar[bool] = False
-  # That bias uses only elementwise arithmetic (no table gather, no matmul), so
-  # the Pallas kernels (``attention='pallas'``) can compute it on a GPU (Triton)
-  # or TPU (Mosaic); tests/test_lowering.py lowers them for both.
+  # That bias reaches its heads, tables and MLPs only through ``per_head``,
+  # ``lookup`` and ``scalar_mlp``, so the Pallas kernels (``attention='pallas'``)
+  # can compute one head's bias on a GPU (Triton) or TPU (Mosaic);
+  # tests/test_lowering.py lowers them for both.
   bias_in_kernel: ClassVar[bool] = False
 
   def embed(self, x_BxLxD: Array, pos_BxL: Array) -> Array:
@@ -118,6 +126,54 @@ class Encoding(nn.Module):
     """Extra output ``[B, L, H, K]`` linear in the (unnormalised) probabilities."""
     del p_BxHxLxS, qpos_BxL, kpos_BxS
     return None
+
+
+_KERNEL_HEAD = contextvars.ContextVar('kernel_head', default=None)
+
+
+@contextlib.contextmanager
+def in_kernel(head: Array):
+  """While tracing a bias for a kernel program of head ``head`` (an int32 scalar)."""
+  token = _KERNEL_HEAD.set(head)
+  try:
+    yield
+  finally:
+    _KERNEL_HEAD.reset(token)
+
+
+def per_head(x: Array, axis: int = 0) -> Array:
+  """``x`` along its heads ``axis``: every head, or inside a kernel the kernel's
+  head alone (kept as size 1; a masked sum, as Mosaic has no dynamic lane slice)."""
+  head = _KERNEL_HEAD.get()
+  if head is None:
+    return x
+  mine = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis % x.ndim) == head
+  return jnp.sum(jnp.where(mine, x, 0), axis=axis, keepdims=True)
+
+
+def _entry(x: Array, n: int) -> Array:
+  """``x[n, 0...]`` as a scalar by a masked sum (Triton slices no values)."""
+  first = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0) == n
+  return jnp.sum(jnp.where(first, x, 0))
+
+
+def lookup(table_NxH: Array, index_BxLxS: Array) -> Array:
+  """``table[index]`` as ``[B, H, L, S]``; inside a kernel a sum of N selects
+  (neither Triton nor Mosaic gathers from a table)."""
+  if _KERNEL_HEAD.get() is None:
+    return jnp.take(table_NxH, index_BxLxS, axis=0).transpose(0, 3, 1, 2)
+  return sum(jnp.where(index_BxLxS == n, _entry(table_NxH, n), 0.)
+             for n in range(table_NxH.shape[0]))[:, None]
+
+
+def scalar_mlp(x_BxLxS: Array, w1_W: Array, b1_W: Array, w2_WxH: Array) -> Array:
+  """``relu(x * w1 + b1) @ w2`` of each scalar of ``x``, as ``[B, H, L, S]``; inside
+  a kernel unrolled over the W hidden units (no rank-4 matmul)."""
+  if _KERNEL_HEAD.get() is None:
+    return (jax.nn.relu(x_BxLxS[..., None] * w1_W + b1_W) @ w2_WxH).transpose(0, 3, 1, 2)
+  unit = lambda w: (jax.nn.relu(x_BxLxS * _entry(w1_W, w) + _entry(b1_W, w))  # noqa: E731
+                    * _entry(w2_WxH, w))
+  return sum(unit(w) for w in range(w1_W.shape[0]))[:, None]
 
 
 def relative(qpos_BxL: Array, kpos_BxS: Array) -> Array:

@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from posjax.encodings.base import BIAS, Array, Encoding, relative
+from posjax.encodings.base import (BIAS, Array, Encoding, lookup, per_head, relative,
+                                   scalar_mlp)
 from posjax.encodings.registry import register
 
 
@@ -88,6 +89,7 @@ class T5Bias(Encoding):
   translation_invariant = True
   has_params = True
   bias_from_positions = True
+  bias_in_kernel = True
 
   def __post_init__(self):
     super().__post_init__()
@@ -111,9 +113,8 @@ class T5Bias(Encoding):
     bucket_BxLxS = t5_relative_position_bucket(
         relative(qpos_BxL, kpos_BxS), bidirectional=not self.causal,
         num_buckets=self.num_buckets, max_distance=self.max_distance)
-    table = self.table_scale * self.table_raw.astype(jnp.float32)
-    bias_BxLxSxH = jnp.take(table, bucket_BxLxS, axis=0)
-    return bias_BxLxSxH.transpose(0, 3, 1, 2), carry
+    table = per_head(self.table_scale * self.table_raw.astype(jnp.float32), axis=1)
+    return lookup(table, bucket_BxLxS), carry
 
 
 @register('alibi')
@@ -126,7 +127,7 @@ class ALiBi(Encoding):
 
   def bias(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS, mask_BxLxS, carry):
     del q_BxLxHxK, k_BxSxHxK, mask_BxLxS
-    slope_H = alibi_slopes(self.num_heads)
+    slope_H = per_head(alibi_slopes(self.num_heads))
     return -slope_H[:, None, None] * _distance(qpos_BxL, kpos_BxS), carry
 
 
@@ -170,9 +171,9 @@ class _Kerple(Encoding):
 
   def bias(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS, mask_BxLxS, carry):
     del q_BxLxHxK, k_BxSxHxK, mask_BxLxS
-    r1_H = jax.nn.softplus(self.r1_raw.astype(jnp.float32))
+    r1_H = per_head(jax.nn.softplus(self.r1_raw.astype(jnp.float32)))
     kernel_BxHxLxS = self.kernel(_distance(qpos_BxL, kpos_BxS),
-                                 self.r2_raw.astype(jnp.float32)[:, None, None])
+                                 per_head(self.r2_raw.astype(jnp.float32))[:, None, None])
     return -r1_H[:, None, None] * kernel_BxHxLxS, carry
 
 
@@ -225,6 +226,7 @@ class FIRE(Encoding):
   acts_at = (BIAS,)
   has_params = True
   bias_from_positions = True
+  bias_in_kernel = True
 
   def __post_init__(self):
     super().__post_init__()
@@ -250,6 +252,5 @@ class FIRE(Encoding):
     threshold = jnp.abs(f32(self.L_multiplier) * self.init_L)
     norm_BxL = jnp.log1p(c * jnp.maximum(f32(qpos_BxL), threshold)) + self.eps
     dist_BxLxS = jnp.log1p(c * _distance(qpos_BxL, kpos_BxS)[:, 0]) / norm_BxL[..., None]
-    h_BxLxSxW = jax.nn.relu(dist_BxLxS[..., None] * f32(self.w1) + f32(self.b1))
-    bias_BxLxSxH = h_BxLxSxW @ f32(self.w2)
-    return bias_BxLxSxH.transpose(0, 3, 1, 2), carry
+    w2 = per_head(f32(self.w2), axis=1)
+    return scalar_mlp(dist_BxLxS, f32(self.w1), f32(self.b1), w2), carry

@@ -10,12 +10,14 @@ log-sum-exp). Backward (FlashAttention-2): one kernel per (row, head, query tile
 gives dq and each program's share of the bias variables' gradient (the hook's VJP
 on the tile, summed over programs outside); one per (row, head, key tile) gives dk
 and dv. Every matmul is 2D (Triton takes no batch dimensions, Mosaic one). The
-hook gives all heads' bias; a program keeps its own head's (a masked sum over
-heads), which costs H times the bias arithmetic of one head.
+hook runs under ``encodings.in_kernel(h)``, so an encoding that reads its
+per-head values through ``per_head`` gives only the program's head (one head's
+arithmetic); any other hook gives all heads and the program keeps its own.
 
 It serves encodings whose bias is a function of positions alone
 (``bias_from_positions``: ALiBi, T5, Kerple, FIRE) and those with no bias or value
-hook; the kernels never branch on names.
+hook; the kernels never branch on names. T5's table and FIRE's MLP go through
+``lookup`` and ``scalar_mlp``: N selects and W unrolled hidden units per element.
 
 Tested on CPU in Pallas interpret mode against ``dense`` (tests/test_fused.py),
 and lowered on CPU for a GPU (Triton) and a TPU (Mosaic) (tests/test_lowering.py);
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.extend import core as jax_core
 
+from posjax.encodings.base import in_kernel
 from posjax.models import attention as att
 from posjax.models import flash
 
@@ -90,15 +93,18 @@ def _tile_bias(module, variables, x: flash.Inputs, num_heads: int):
   """The encoding's bias of one tile for one head, ``fn(*ops, qpos, kpos, mask, h)
   -> [bq, bk]``, as a function of explicit operands only (Pallas kernels take
   arrays as inputs, never captured constants): the hook traced once at tile
-  shapes, its constants hoisted next to the variables. Returns ``(fn, ops, n_consts)``."""
+  shapes under ``encodings.in_kernel(h)``, its constants hoisted next to the
+  variables. Returns ``(fn, ops, n_consts)``."""
   t = x.t
   K = x.q.shape[-1]
-  sample = (x.qpos[:1, :t.bq], x.kpos[:1, :t.bk], jnp.ones((1, t.bq, t.bk), bool))
+  sample = (x.qpos[:1, :t.bq], x.kpos[:1, :t.bk], jnp.ones((1, t.bq, t.bk), bool),
+            jnp.zeros((), jnp.int32))
 
-  def bias(variables, qpos, kpos, mask):
+  def bias(variables, qpos, kpos, mask, h):
     q, k = jnp.zeros((1, t.bq, num_heads, K), _f32), jnp.zeros((1, t.bk, num_heads, K), _f32)
-    out = module.apply(variables, q, k, qpos, kpos, mask, None, method='bias')[0]
-    return jnp.zeros((1, num_heads, t.bq, t.bk), _f32) if out is None else out
+    with in_kernel(h):
+      out = module.apply(variables, q, k, qpos, kpos, mask, None, method='bias')[0]
+    return jnp.zeros((1, 1, t.bq, t.bk), _f32) if out is None else out
 
   closed = jax.make_jaxpr(bias)(variables, *sample)
   n_consts = len(closed.consts)
@@ -109,9 +115,11 @@ def _tile_bias(module, variables, x: flash.Inputs, num_heads: int):
     ops = [a.reshape(shape) for a, shape in zip(args, shapes)]
     qpos, kpos, mask, h = args[len(shapes):]
     run = jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(closed.jaxpr, ops[:n_consts]))
-    every = run(*ops[n_consts:], qpos, kpos, mask)[0][0]  # [H, bq, bk]
-    mine = jax.lax.broadcasted_iota(jnp.int32, every.shape, 0) == h
-    return jnp.sum(jnp.where(mine, every, 0.0), axis=0)
+    heads = run(*ops[n_consts:], qpos, kpos, mask, h)[0][0]  # [1, bq, bk], or [H, ...]
+    if heads.shape[0] == 1:  # A hook that reads its heads through per_head.
+      return heads[0]
+    mine = jax.lax.broadcasted_iota(jnp.int32, heads.shape, 0) == h
+    return jnp.sum(jnp.where(mine, heads, 0.0), axis=0)
 
   # Operands of rank < 2 travel as [1, n] (Mosaic lays out rank-1 blocks by chip).
   return fn, [a.reshape((1,) * (2 - a.ndim) + a.shape) for a in ops], n_consts
