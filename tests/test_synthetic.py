@@ -211,12 +211,13 @@ def test_associative_recall(n, num_queries):
 
 
 def test_length_splits():
-  train, test = S.length_splits(40)
+  from posjax.data.synthetic_splits import length_splits
+  train, test = length_splits(40)
   assert list(train) == list(range(1, 41)) and list(test) == list(range(41, 401))
-  train, test = S.length_splits(40, max_test_length=500)
+  train, test = length_splits(40, max_test_length=500)
   assert test[0] == 41 and test[-1] == 500
   with pytest.raises(ValueError):
-    S.length_splits(0)
+    length_splits(0)
 
 
 def test_unknown_task_and_min_length():

@@ -15,25 +15,9 @@ of ``{'inputs': int32[...], 'targets': int32[...], 'length': int}``.  Example
 so it does not depend on ``num_examples`` (shardable) and lengths are
 independent streams.  ``to_sequence`` turns an example into the decoder-only
 format, ``solve`` recomputes the targets from the inputs (an exact evaluator
-written independently of the generators), ``length_splits`` gives the Ruoss et
-al. train/test length ranges.
+written independently of the generators); the lengths are in ``synthetic_splits``.
 
-Vocabulary (one shared, ``VOCAB_SIZE`` = 1296 ids)
---------------------------------------------------
-====================  =========================================================
-id                    meaning
-====================  =========================================================
-0  ``PAD``            padding (never produced inside an example)
-1  ``BOS``            begin of sequence (only if ``to_sequence(add_bos=True)``)
-2  ``EOS``            end of a variable-length answer (``binary_addition``)
-3  ``SEP``            separates inputs from targets in ``to_sequence``
-4  ``QUERY``          starts the query block of ``associative_recall``
-5  ``BLANK``          the removed token of ``missing_duplicate_string``
-6  ``EMPTY``          odd-length filler of ``missing_duplicate_string``
-7/8/9 ``PLUS``/``MINUS``/``TIMES``  operators (``binary_addition`` uses PLUS)
-16 .. 1039            symbol ``k`` -> ``SYMBOL_OFFSET + k`` (``NUM_SYMBOLS``)
-1040 .. 1295          byte ``b`` -> ``BYTE_OFFSET + b`` (``passkey`` only)
-====================  =========================================================
+Vocabulary: ``synthetic_vocab`` (1296 ids: specials, 1024 symbols, 256 bytes).
 
 Symbols: binary tasks use symbols 0/1 (bits), ``bucket_sort`` and
 ``modular_arithmetic`` use 0..4, ``copy`` uses 0..alphabet_size-1 (default 16),
@@ -99,52 +83,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-# ----------------------------------------------------------------- vocabulary
-PAD, BOS, EOS, SEP, QUERY, BLANK, EMPTY = 0, 1, 2, 3, 4, 5, 6
-PLUS, MINUS, TIMES = 7, 8, 9
-SPECIAL_NAMES = {PAD: '<pad>', BOS: '<bos>', EOS: '<eos>', SEP: '<sep>',
-                 QUERY: '<query>', BLANK: '<blank>', EMPTY: '<empty>',
-                 PLUS: '+', MINUS: '-', TIMES: '*'}
-SYMBOL_OFFSET = 16
-NUM_SYMBOLS = 1024
-BYTE_OFFSET = SYMBOL_OFFSET + NUM_SYMBOLS  # 1040
-VOCAB_SIZE = BYTE_OFFSET + 256  # 1296
-
-MODULUS = 5  # modular_arithmetic
-BUCKET_ALPHABET = 5  # bucket_sort
-COPY_ALPHABET = 16  # copy (default)
-AR_NUM_KEYS = NUM_SYMBOLS // 2  # associative_recall: keys [0, 512), values [512, 1024)
-
-
-def sym(k) -> np.ndarray:
-  """Symbol index (int or array) -> token id(s)."""
-  return (np.asarray(k) + SYMBOL_OFFSET).astype(np.int32)
-
-
-def encode_bytes(text: str | bytes) -> np.ndarray:
-  if isinstance(text, str):
-    text = text.encode('utf-8')
-  return np.frombuffer(text, dtype=np.uint8).astype(np.int32) + BYTE_OFFSET
-
-
-def decode_bytes(ids) -> str:
-  ids = np.asarray(ids)
-  if ids.size and (ids.min() < BYTE_OFFSET or ids.max() >= VOCAB_SIZE):
-    raise ValueError('not a byte token')
-  return (ids - BYTE_OFFSET).astype(np.uint8).tobytes().decode('utf-8')
-
-
-def detokenize(ids) -> str:
-  """Human-readable rendering (debugging): bytes as text, symbols as ``s<k>``."""
-  out = []
-  for t in np.asarray(ids).tolist():
-    if t >= BYTE_OFFSET:
-      out.append(chr(t - BYTE_OFFSET))
-    elif t >= SYMBOL_OFFSET:
-      out.append(f' s{t - SYMBOL_OFFSET} ')
-    else:
-      out.append(f' {SPECIAL_NAMES.get(t, f"<{t}>")} ')
-  return re.sub(' +', ' ', ''.join(out))
+# The shared vocabulary (one id space for every task), re-exported.
+from posjax.data.synthetic_vocab import (  # noqa: F401
+    AR_NUM_KEYS, BLANK, BOS, BUCKET_ALPHABET, BYTE_OFFSET, COPY_ALPHABET, EMPTY, EOS,
+    MINUS, MODULUS, NUM_SYMBOLS, PAD, PLUS, QUERY, SEP, SPECIAL_NAMES, SYMBOL_OFFSET,
+    TIMES, VOCAB_SIZE, decode_bytes, detokenize, encode_bytes, sym)
 
 
 # ------------------------------------------------------------------ generators
@@ -454,19 +397,3 @@ def to_sequence(example: dict, *, add_bos: bool = False) -> tuple[np.ndarray, np
   mask = np.zeros(tokens.size, np.bool_)
   mask[first_target - 1:first_target - 1 + targets.size] = True
   return tokens, mask
-
-
-def length_splits(max_train_length: int, max_test_length: Optional[int] = None
-                  ) -> tuple[range, range]:
-  """Ruoss et al. 2023: train lengths ``1..N`` (sample uniformly), test ``N+1..M``.
-
-  ``M`` defaults to ``10 * N``; the paper used N = 40, M = 500 (pass
-  ``max_test_length=500``).  Report accuracy per test length.  Callers should
-  clip the train range to ``TASKS[task].min_length`` (e.g. passkey,
-  missing_duplicate_string).
-  """
-  n = int(max_train_length)
-  m = 10 * n if max_test_length is None else int(max_test_length)
-  if n < 1 or m <= n:
-    raise ValueError(f'need 1 <= max_train_length < max_test_length, got {n}, {m}')
-  return range(1, n + 1), range(n + 1, m + 1)

@@ -39,3 +39,19 @@ def widths(task: str, size: str) -> tuple[int, int]:
   """(widest training row, widest test row) of ``task`` at ``size``."""
   train, test = lengths(task, size)
   return row_width(task, train[-1]), row_width(task, test[-1])
+
+
+def length_splits(max_train_length: int, max_test_length: int | None = None
+                  ) -> tuple[range, range]:
+  """Ruoss et al. 2023: train lengths ``1..N`` (sample uniformly), test ``N+1..M``.
+
+  ``M`` defaults to ``10 * N``; the paper used N = 40, M = 500 (pass
+  ``max_test_length=500``).  Report accuracy per test length.  Callers should
+  clip the train range to ``TASKS[task].min_length`` (e.g. passkey,
+  missing_duplicate_string).
+  """
+  n = int(max_train_length)
+  m = 10 * n if max_test_length is None else int(max_test_length)
+  if n < 1 or m <= n:
+    raise ValueError(f'need 1 <= max_train_length < max_test_length, got {n}, {m}')
+  return range(1, n + 1), range(n + 1, m + 1)
