@@ -204,6 +204,11 @@ def _flat(d, prefix=''):
   return {prefix[:-1]: d}
 
 
+def latest_step(workdir: str) -> int | None:
+  """The step of ``workdir``'s newest checkpoint on disk, None without any."""
+  return _latest_step_on_disk(checkpoint_dir(workdir))
+
+
 def _latest_step_on_disk(ckpts: str) -> int | None:
   steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
   return max(steps, default=None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from posjax import checkpoint, distributed, metrics, optim, validation
+from posjax import checkpoint, distributed, memory, metrics, optim, validation
 from posjax.trainer import Trainer
 from posjax.workdir import Lock, check_usable
 from posjax.validation import ConfigError, InputError  # noqa: F401  (re-exported)
@@ -192,6 +193,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   validation.check_eval_sets(mcfg, eval_sets)
   init_params = _init_from(config, trainer, workdir)
   workdir = os.path.abspath(workdir)
+  before = os.listdir(workdir) if os.path.isdir(workdir) else None
   os.makedirs(workdir, exist_ok=True)
   lock = Lock(workdir)
   if jax.process_index() == 0:
@@ -201,8 +203,24 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       raise ConfigError(str(e)) from None
   try:
     return _run(config, trainer, data_iter, eval_sets, workdir, init_params)
+  except (ConfigError, InputError, memory.ResourceError):
+    _undo_new_run(workdir, before)
+    raise
   finally:
     lock.release()
+
+
+def _undo_new_run(workdir: str, before: list[str] | None) -> None:
+  """A run refused before it saved anything (the step does not fit, ...) leaves
+  its workdir as it found it: what this run created goes, a resumed run's stays."""
+  if jax.process_index() != 0 or checkpoint.latest_step(workdir) is not None:
+    return
+  if before is None:
+    shutil.rmtree(workdir, ignore_errors=True)
+    return
+  for name in set(os.listdir(workdir)) - set(before):
+    path = os.path.join(workdir, name)
+    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
 def _init_from(config, trainer: Trainer, workdir: str):

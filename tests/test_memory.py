@@ -22,6 +22,12 @@ def test_a_step_that_cannot_fit_is_refused_before_it_runs(corpus, tmp_path, caps
   assert err.startswith('error: memory: the train step needs ') and 'a device has 1.0 KiB' in err
   assert 'batch_size' in err and 'grad_accum_steps' in err and "model.remat='full'" in err
   assert not ran
+  assert not (tmp_path / 'run').exists()  # Refused: nothing half-written.
+  (tmp_path / 'mine').mkdir()  # A workdir that was there keeps what it had, and only that.
+  (tmp_path / 'mine' / 'notes.txt').write_text('x')
+  with pytest.raises(SystemExit):
+    main.run_job(tiny_config(corpus), str(tmp_path / 'mine'))
+  assert [p.name for p in (tmp_path / 'mine').iterdir()] == ['notes.txt']
 
 
 def test_the_analysis_of_a_real_program_is_read():
