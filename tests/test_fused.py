@@ -147,11 +147,15 @@ PALLAS_CASES = [pytest.param(n, marks=() if n in PALLAS_FAST else pytest.mark.sl
                 for n in ('none', 'rope', 'alibi', 't5', 'kerple_log', 'kerple_power', 'fire')]
 
 
+@pytest.mark.parametrize('grid', [pytest.param(False, id='loop'), pytest.param(True, id='grid')])
 @pytest.mark.parametrize('posenc', PALLAS_CASES)
-def test_pallas_kernels_with_in_kernel_bias_equal_dense(posenc, monkeypatch):
+def test_pallas_kernels_with_in_kernel_bias_equal_dense(posenc, grid, monkeypatch):
   """Values and gradients (dq, dk, dv and the bias variables') on packed rows,
-  tiles of 4, in Pallas interpret mode."""
+  tiles of 4, in Pallas interpret mode: inner tiles in a loop (Triton) and as the
+  last grid axis with VMEM scratch (Mosaic)."""
   from test_flash import _close, _loss_and_grads
+  from posjax.models import flash_pallas
+  monkeypatch.setattr(flash_pallas, 'GRID', grid)
   monkeypatch.setenv('POSJAX_EMULATE_KERNELS', '1')
   cfg = _cfg(posenc, num_layers=1, block_size=4)
   validation._check_attention(cfg.replace(attention='pallas'))
@@ -163,6 +167,23 @@ def test_pallas_kernels_with_in_kernel_bias_equal_dense(posenc, monkeypatch):
   lp, gp = _loss_and_grads(cfg.replace(attention='pallas'), params, tokens, pos, seg)
   _close(ld, lp)
   jax.tree.map(_close, gd, gp)
+
+
+@pytest.mark.parametrize('grid', [pytest.param(False, id='loop'), pytest.param(True, id='grid')])
+def test_pallas_kernels_equal_dense_bidirectional(grid, monkeypatch):
+  """An encoder (T5's two-sided buckets), packed segments, 10 tokens in tiles of 4."""
+  from test_flash import _close
+  from posjax.models import flash_pallas
+  monkeypatch.setattr(flash_pallas, 'GRID', grid)
+  monkeypatch.setenv('POSJAX_EMULATE_KERNELS', '1')
+  cfg = _cfg('t5', kind='encoder_classifier', num_layers=1, block_size=4)
+  tokens = jax.random.randint(jax.random.key(4), (2, 10), 4, 40)
+  pos = jnp.asarray([list(range(10)), list(range(3)) + list(range(7))], jnp.int32)
+  seg = jnp.asarray([[1] * 10, [1] * 3 + [2] * 7], jnp.int32)
+  params = _params(cfg, tokens.shape, 0)
+  f = lambda c: jax.jit(jax.value_and_grad(lambda p: (models.build(c).apply(  # noqa: E731
+      {'params': p}, tokens, pos, seg) ** 2).sum()))(params)
+  jax.tree.map(_close, f(cfg), f(cfg.replace(attention='pallas')))
 
 
 def test_pallas_refuses_encodings_whose_bias_needs_q_and_k(monkeypatch):

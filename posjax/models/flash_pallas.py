@@ -14,6 +14,14 @@ hook runs under ``encodings.in_kernel(h)``, so an encoding that reads its
 per-head values through ``per_head`` gives only the program's head (one head's
 arithmetic); any other hook gives all heads and the program keeps its own.
 
+The inner tiles are walked two ways (``_Walk``). On GPU (Triton, whose refs are
+pointers) a program loops over them, reading each from a whole-row block. On TPU
+(Mosaic, which copies every block to VMEM) the inner tile is the last grid axis
+('arbitrary'), blocks are single tiles (VMEM use does not grow with the length),
+the online-softmax state and the gradient accumulators live in VMEM scratch, and
+the causal mask's skipped tiles map to the block already resident, so they are
+neither fetched nor computed.
+
 It serves encodings whose bias is a function of positions alone
 (``bias_from_positions``: ALiBi, T5, Kerple, FIRE) and those with no bias or value
 hook; the kernels never branch on names. T5's table and FIRE's MLP go through
@@ -38,19 +46,22 @@ from posjax.models import attention as att
 from posjax.models import flash
 
 _f32 = jnp.float32
-# The lowering each backend gets: Triton on GPU (its refs are pointers, so a
-# program reads one key tile at a time from a whole-row block), Mosaic on TPU.
+# The lowering each backend gets: Triton on GPU, Mosaic on TPU.
 PLATFORM = None  # None: jax.default_backend(); 'gpu' / 'tpu' to cross-lower.
 
 
-def _compiler_params(grid_rank: int):
+GRID = None  # None: grid over inner tiles on TPU only (``_Walk``); True / False to force.
+
+
+def _compiler_params(grid: bool):
   platform = PLATFORM or jax.default_backend()
   if platform == 'gpu':
     from jax.experimental.pallas import triton as pl_triton
     return pl_triton.CompilerParams(num_warps=4, num_stages=2)
   if platform == 'tpu':
     from jax.experimental.pallas import tpu as pl_tpu
-    return pl_tpu.CompilerParams(dimension_semantics=('parallel',) * grid_rank)
+    return pl_tpu.CompilerParams(
+        dimension_semantics=('parallel',) * 3 + (('arbitrary',) if grid else ()))
   return None
 
 
@@ -63,20 +74,6 @@ def _ints_of(*arrays):
 def _heads_first(a):
   """``[B, L, H, ...]`` -> ``[B, H, L, ...]``; ``[B, L, H]`` -> ``[B, H, 1, L]``."""
   return jnp.moveaxis(a, 1, 2) if a.ndim == 4 else jnp.moveaxis(a, 1, 2)[:, :, None]
-
-
-def _int_spec(n: int, whole: bool = False):
-  return pl.BlockSpec((1, 1, n), (lambda b, h, i: (b, 0, 0)) if whole else
-                      (lambda b, h, i: (b, 0, i)))
-
-
-def _head_spec(n: int, width: int, whole: bool = False):
-  return pl.BlockSpec((1, 1, n, width), (lambda b, h, i: (b, h, 0, 0)) if whole else
-                      (lambda b, h, i: (b, h, i, 0)))
-
-
-def _op_specs(ops):
-  return [pl.BlockSpec(a.shape, lambda b, h, i, n=a.ndim: (0,) * n) for a in ops]
 
 
 def _dot(a, b, contract=(1, 0)):
@@ -130,53 +127,145 @@ def _scores(bias, q, k, mask, scale):
   return jnp.where(mask, _dot(q, k, (1, 1)) * scale + bias, att.NEG)
 
 
-def _fwd_kernel(bias_fn, tiles, scale, n_ops, *refs):
+class _Walk:
+  """How a program visits its inner tiles (key tiles of a query tile, or the
+  reverse). Loop (Triton): one program per outer tile reads the inner tiles from
+  whole-row blocks in a ``fori_loop``. Grid (Mosaic): the inner tile is the last,
+  sequential grid axis, each block holds one tile (so VMEM holds tiles, not rows),
+  and the running state lives in VMEM scratch between grid steps."""
+
+  def __init__(self, grid: bool, size: int):
+    self.grid, self.size = grid, size
+
+  def at(self, j):
+    """The inner tile ``j`` of an inner-side block."""
+    return slice(None) if self.grid else pl.ds(j * self.size, self.size)
+
+  def run(self, n: int, count, visible, step, init, finish, scratch):
+    """``finish(state)`` after ``state = step(j, state)`` for the visible tiles
+    ``j < count`` of ``n``, from ``init()``."""
+    if not self.grid:
+      body = lambda j, s: jax.lax.cond(visible(j), functools.partial(step, j),  # noqa: E731
+                                       lambda s: s, s)
+      return finish(jax.lax.fori_loop(0, count, body, init()))
+    j = pl.program_id(3)
+    structure = jax.tree.structure(init())
+    load = lambda: jax.tree.unflatten(structure, [  # noqa: E731
+        r[0] if rank1 else r[...] for r, rank1 in zip(scratch, self._rank1)])
+
+    def store(state):
+      for r, a in zip(scratch, jax.tree.leaves(state)):
+        r[...] = a[None] if a.ndim == 1 else a
+
+    pl.when(j == 0)(lambda: store(init()))
+    pl.when((j < count) & visible(j))(lambda: store(step(j, load())))
+    pl.when(j == n - 1)(lambda: finish(load()))
+
+  def scratch(self, state_shapes):
+    """VMEM scratch for a state of these shapes (rank 1 kept as ``[1, n]``)."""
+    if not self.grid:
+      return ()
+    from jax.experimental.pallas import tpu as pl_tpu
+    self._rank1 = [len(s) == 1 for s in state_shapes]
+    return [pl_tpu.VMEM((1,) + tuple(s) if len(s) == 1 else tuple(s), _f32)
+            for s in state_shapes]
+
+
+def _clamp_keys(t):
+  """Grid mode, causal: query tile i needs key tiles up to its last slot's; later
+  steps keep that block, so Mosaic fetches nothing for them."""
+  return (lambda i, j: jnp.minimum(j, ((i + 1) * t.bq - 1) // t.bk)) if t.causal else None
+
+
+def _clamp_queries(t):
+  """Grid mode, causal: key tile i is seen from the query tile of its first slot on."""
+  return (lambda i, j: jnp.maximum(j, (i * t.bk) // t.bq)) if t.causal else None
+
+
+def _grid_mode() -> bool:
+  return (PLATFORM or jax.default_backend()) == 'tpu' if GRID is None else GRID
+
+
+def _fwd_kernel(bias_fn, tiles, walk, scale, n_ops, *refs):
   """One (row, head, query tile): ``out`` ``[bq, Kv]`` and its log-sum-exp."""
   qpos_r, qidx_r, qseg_r, kpos_r, kidx_r, kseg_r, q_r, k_r, v_r = refs[:9]
   ops = [r[...] for r in refs[9:9 + n_ops]]
-  out_r, lse_r = refs[9 + n_ops:]
+  out_r, lse_r = refs[9 + n_ops:11 + n_ops]
   h = pl.program_id(1)
   q, qpos, qidx, qseg = q_r[0, 0], qpos_r[0], qidx_r[0], qseg_r[0]
-  bk = tiles.bk
-
-  def key_tile(j, state):
-    ks = pl.ds(j * bk, bk)
-    kpos, kidx, kseg = kpos_r[0, :, ks], kidx_r[0, :, ks], kseg_r[0, :, ks]
-
-    def step(state):
-      m, l, acc = state
-      mask = att.allowed(qidx, kidx, qseg, kseg, tiles.causal)
-      s = _scores(bias_fn(*ops, qpos, kpos, mask, h), q, k_r[0, 0, ks], mask[0], scale)
-      m_new = jnp.maximum(m, s.max(-1))
-      p = jnp.exp(s - m_new[:, None]) * mask[0]
-      corr = jnp.exp(m - m_new)
-      return m_new, l * corr + p.sum(-1), acc * corr[:, None] + _dot(p, v_r[0, 0, ks])
-
-    return jax.lax.cond(flash.nonempty(qseg, kseg, kidx), step, lambda s: s, state)
-
   bq, kv = q.shape[0], out_r.shape[-1]
-  init = (jnp.full((bq,), att.NEG, _f32), jnp.zeros((bq,), _f32), jnp.zeros((bq, kv), _f32))
-  m, l, acc = jax.lax.fori_loop(0, tiles.num_key_tiles(qidx), key_tile, init)
-  safe = jnp.where(l == 0, 1.0, l)
-  out_r[0, 0] = acc / safe[:, None]
-  lse_r[0, 0] = jnp.where(l == 0, 0.0, m + jnp.log(safe))[None]
+  key = lambda r, j: r[0, :, walk.at(j)]  # noqa: E731
+
+  def step(j, state):
+    m, l, acc = state
+    kpos, kidx, kseg = key(kpos_r, j), key(kidx_r, j), key(kseg_r, j)
+    mask = att.allowed(qidx, kidx, qseg, kseg, tiles.causal)
+    s = _scores(bias_fn(*ops, qpos, kpos, mask, h), q, k_r[0, 0, walk.at(j)], mask[0], scale)
+    m_new = jnp.maximum(m, s.max(-1))
+    p = jnp.exp(s - m_new[:, None]) * mask[0]
+    corr = jnp.exp(m - m_new)
+    return m_new, l * corr + p.sum(-1), acc * corr[:, None] + _dot(p, v_r[0, 0, walk.at(j)])
+
+  def finish(state):
+    m, l, acc = state
+    safe = jnp.where(l == 0, 1.0, l)
+    out_r[0, 0] = acc / safe[:, None]
+    lse_r[0, 0] = jnp.where(l == 0, 0.0, m + jnp.log(safe))[None]
+
+  init = lambda: (jnp.full((bq,), att.NEG, _f32), jnp.zeros((bq,), _f32),  # noqa: E731
+                  jnp.zeros((bq, kv), _f32))
+  visible = lambda j: flash.nonempty(qseg, key(kseg_r, j), key(kidx_r, j))  # noqa: E731
+  walk.run(tiles.nk, tiles.num_key_tiles(qidx), visible, step, init, finish,
+           refs[11 + n_ops:])
+
+
+def _specs(grid: bool, tile: int, total: int):
+  """BlockSpec makers for the (b, h, outer i[, inner j]) grid: ``outer(n, width)``
+  for an outer-side array, ``inner(width, clamp)`` for an inner-side one: the
+  whole row (``total``), or in grid mode the tile ``clamp(i, j)`` (default j;
+  clamped so that the tiles the causal mask skips are not fetched). Width None:
+  ``[B, 1, n]`` ints; 'row': ``[B, H, 1, n]``; a number: ``[B, H, n, width]``."""
+  def spec(n, width, index):
+    if width is None:
+      return pl.BlockSpec((1, 1, n), lambda b, h, *g: (b, 0, index(*g)))
+    if width == 'row':
+      return pl.BlockSpec((1, 1, 1, n), lambda b, h, *g: (b, h, 0, index(*g)))
+    return pl.BlockSpec((1, 1, n, width), lambda b, h, *g: (b, h, index(*g), 0))
+
+  def outer(n, width=None):
+    return spec(n, width, lambda i, *j: i)
+
+  def inner(width=None, clamp=None):
+    if not grid:
+      return spec(total, width, lambda i: 0)
+    return spec(tile, width, clamp or (lambda i, j: j))
+  return outer, inner
+
+
+def _op_specs(ops):
+  return [pl.BlockSpec(a.shape, lambda *g, n=a.ndim: (0,) * n) for a in ops]
 
 
 def forward(module, variables, x: flash.Inputs, scale: float, *, interpret: bool):
   """Output ``[B, Lp, H, Kv]`` float32 and log-sum-exp ``[B, Lp, H]``."""
   t = x.t
   B, Lp, H, K = x.q.shape
-  Sp, Kv = x.k.shape[1], x.v.shape[-1]
+  Kv = x.v.shape[-1]
   bias_fn, ops, _ = _tile_bias(module, variables, x, H)
+  grid = _grid_mode()
+  walk = _Walk(grid, t.bk)
+  outer, inner = _specs(grid, t.bk, x.k.shape[1])
+  last = _clamp_keys(t)
   out, lse = pl.pallas_call(
-      functools.partial(_fwd_kernel, bias_fn, t, scale, len(ops)), grid=(B, H, t.nq),
-      in_specs=[_int_spec(t.bq)] * 3 + [_int_spec(Sp, whole=True)] * 3
-      + [_head_spec(t.bq, K), _head_spec(Sp, K, whole=True), _head_spec(Sp, Kv, whole=True)]
-      + _op_specs(ops),
-      out_specs=[_head_spec(t.bq, Kv), pl.BlockSpec((1, 1, 1, t.bq), lambda b, h, i: (b, h, 0, i))],
+      functools.partial(_fwd_kernel, bias_fn, t, walk, scale, len(ops)),
+      grid=(B, H, t.nq, t.nk) if grid else (B, H, t.nq),
+      in_specs=[outer(t.bq)] * 3 + [inner(None, last)] * 3
+      + [outer(t.bq, K), inner(K, last), inner(Kv, last)] + _op_specs(ops),
+      out_specs=[outer(t.bq, Kv), outer(t.bq, 'row')],
       out_shape=[jax.ShapeDtypeStruct((B, H, Lp, Kv), _f32),
                  jax.ShapeDtypeStruct((B, H, 1, Lp), _f32)],
-      interpret=interpret, compiler_params=_compiler_params(3))(
+      scratch_shapes=walk.scratch([(t.bq,), (t.bq,), (t.bq, Kv)]),
+      interpret=interpret, compiler_params=_compiler_params(grid))(
           *_ints_of(x.qpos, x.qidx, x.qseg, x.kpos, x.kidx, x.kseg),
           _heads_first(x.q), _heads_first(x.k), _heads_first(x.v), *ops)
   return jnp.moveaxis(out, 1, 2), jnp.moveaxis(lse[:, :, 0], 1, 2)
@@ -190,72 +279,74 @@ def _probs(bias, q, k, mask, lse, scale):
   return jnp.exp(_scores(bias, q, k, mask, scale) - lse[:, None]) * mask
 
 
-def _dq_kernel(bias_fn, n_consts, tiles, scale, n_ops, *refs):
+def _dq_kernel(bias_fn, n_consts, tiles, walk, scale, n_ops, *refs):
   """One (row, head, query tile): dq and this program's share of d(variables)."""
   qpos_r, qidx_r, qseg_r, kpos_r, kidx_r, kseg_r, q_r, k_r, v_r, do_r, lse_r, d_r = refs[:12]
   ops = [r[...] for r in refs[12:12 + n_ops]]
-  dq_r, dvar_rs = refs[12 + n_ops], refs[13 + n_ops:]
+  n_leaves = n_ops - n_consts
+  dq_r, dvar_rs = refs[12 + n_ops], refs[13 + n_ops:13 + n_ops + n_leaves]
   consts, leaves = ops[:n_consts], ops[n_consts:]
   h = pl.program_id(1)
   q, qpos, qidx, qseg = q_r[0, 0], qpos_r[0], qidx_r[0], qseg_r[0]
   do, lse, D = do_r[0, 0], lse_r[0, 0, 0], d_r[0, 0, 0]
-  bk = tiles.bk
+  key = lambda r, j: r[0, :, walk.at(j)]  # noqa: E731
 
-  def key_tile(j, state):
-    ks = pl.ds(j * bk, bk)
-    kpos, kidx, kseg = kpos_r[0, :, ks], kidx_r[0, :, ks], kseg_r[0, :, ks]
+  def step(j, state):
+    dq, dvars = state
+    kpos, kidx, kseg = key(kpos_r, j), key(kidx_r, j), key(kseg_r, j)
+    k, v = k_r[0, 0, walk.at(j)], v_r[0, 0, walk.at(j)]
+    mask = att.allowed(qidx, kidx, qseg, kseg, tiles.causal)
+    bias_of = lambda *vs: bias_fn(*consts, *vs, qpos, kpos, mask, h)  # noqa: E731
+    bias, vjp = jax.vjp(bias_of, *leaves)
+    p = _probs(bias, q, k, mask[0], lse, scale)
+    ds = p * (_dot(do, v, (1, 1)) - D[:, None])
+    return dq + _dot(ds, k) * scale, [a + g for a, g in zip(dvars, vjp(ds))]
 
-    def step(state):
-      dq, dvars = state
-      k, v = k_r[0, 0, ks], v_r[0, 0, ks]
-      mask = att.allowed(qidx, kidx, qseg, kseg, tiles.causal)
-      bias_of = lambda *vs: bias_fn(*consts, *vs, qpos, kpos, mask, h)  # noqa: E731
-      bias, vjp = jax.vjp(bias_of, *leaves)
-      p = _probs(bias, q, k, mask[0], lse, scale)
-      ds = p * (_dot(do, v, (1, 1)) - D[:, None])
-      dq = dq + _dot(ds, k) * scale
-      return dq, [a + g for a, g in zip(dvars, vjp(ds))]
+  def finish(state):
+    dq, dvars = state
+    dq_r[0, 0] = dq
+    for r, g in zip(dvar_rs, dvars):
+      r[...] = g[None, None, None]
 
-    return jax.lax.cond(flash.nonempty(qseg, kseg, kidx), step, lambda s: s, state)
-
-  init = (jnp.zeros(q.shape, _f32), [jnp.zeros(a.shape, _f32) for a in leaves])
-  dq, dvars = jax.lax.fori_loop(0, tiles.num_key_tiles(qidx), key_tile, init)
-  dq_r[0, 0] = dq
-  for r, g in zip(dvar_rs, dvars):
-    r[...] = g[None, None, None]
+  init = lambda: (jnp.zeros(q.shape, _f32), [jnp.zeros(a.shape, _f32) for a in leaves])  # noqa: E731
+  visible = lambda j: flash.nonempty(qseg, key(kseg_r, j), key(kidx_r, j))  # noqa: E731
+  walk.run(tiles.nk, tiles.num_key_tiles(qidx), visible, step, init, finish,
+           refs[13 + n_ops + n_leaves:])
 
 
-def _dkv_kernel(bias_fn, tiles, scale, n_ops, *refs):
+def _dkv_kernel(bias_fn, tiles, walk, scale, n_ops, *refs):
   """One (row, head, key tile): dk and dv, over the query tiles that can see it."""
   kpos_r, kidx_r, kseg_r, k_r, v_r, qpos_r, qidx_r, qseg_r, q_r, do_r, lse_r, d_r = refs[:12]
   ops = [r[...] for r in refs[12:12 + n_ops]]
-  dk_r, dv_r = refs[12 + n_ops:]
+  dk_r, dv_r = refs[12 + n_ops:14 + n_ops]
   h = pl.program_id(1)
   k, v, kpos, kidx, kseg = k_r[0, 0], v_r[0, 0], kpos_r[0], kidx_r[0], kseg_r[0]
   first_key = jnp.min(jnp.where(kidx >= 0, kidx, jnp.iinfo(jnp.int32).max))
-  bq = tiles.bq
+  first_tile = pl.program_id(2) * tiles.bk // tiles.bq  # (Program ids at the top level.)
+  query = lambda r, j: r[0, :, walk.at(j)]  # noqa: E731
 
-  def query_tile(i, state):
-    qs = pl.ds(i * bq, bq)
-    qpos, qidx, qseg = qpos_r[0, :, qs], qidx_r[0, :, qs], qseg_r[0, :, qs]
-    visible = flash.nonempty(qseg, kseg, kidx)
-    if tiles.causal:
-      visible &= jnp.max(qidx) >= first_key
+  def visible(j):
+    out = flash.nonempty(query(qseg_r, j), kseg, kidx)
+    if not tiles.causal:
+      return out
+    # (In grid mode tiles before the first one are the first one's block again.)
+    return out & (j >= first_tile) & (jnp.max(query(qidx_r, j)) >= first_key)
 
-    def step(state):
-      dk, dv = state
-      q, do = q_r[0, 0, qs], do_r[0, 0, qs]
-      lse, D = lse_r[0, 0, 0, qs], d_r[0, 0, 0, qs]
-      mask = att.allowed(qidx, kidx, qseg, kseg, tiles.causal)
-      p = _probs(bias_fn(*ops, qpos, kpos, mask, h), q, k, mask[0], lse, scale)
-      ds = p * (_dot(do, v, (1, 1)) - D[:, None])
-      return dk + _dot(ds, q, (0, 0)) * scale, dv + _dot(p, do, (0, 0))
+  def step(j, state):
+    dk, dv = state
+    qs = walk.at(j)
+    qpos, qidx, qseg = query(qpos_r, j), query(qidx_r, j), query(qseg_r, j)
+    q, do, lse, D = q_r[0, 0, qs], do_r[0, 0, qs], lse_r[0, 0, 0, qs], d_r[0, 0, 0, qs]
+    mask = att.allowed(qidx, kidx, qseg, kseg, tiles.causal)
+    p = _probs(bias_fn(*ops, qpos, kpos, mask, h), q, k, mask[0], lse, scale)
+    ds = p * (_dot(do, v, (1, 1)) - D[:, None])
+    return dk + _dot(ds, q, (0, 0)) * scale, dv + _dot(p, do, (0, 0))
 
-    return jax.lax.cond(visible, step, lambda s: s, state)
+  def finish(state):
+    dk_r[0, 0], dv_r[0, 0] = state
 
-  init = (jnp.zeros(k.shape, _f32), jnp.zeros(v.shape, _f32))
-  dk, dv = jax.lax.fori_loop(0, tiles.nq, query_tile, init)
-  dk_r[0, 0], dv_r[0, 0] = dk, dv
+  init = lambda: (jnp.zeros(k.shape, _f32), jnp.zeros(v.shape, _f32))  # noqa: E731
+  walk.run(tiles.nq, tiles.nq, visible, step, init, finish, refs[14 + n_ops:])
 
 
 def backward(module, variables, x: flash.Inputs, out, lse, dout, scale: float, *,
@@ -271,29 +362,38 @@ def backward(module, variables, x: flash.Inputs, out, lse, dout, scale: float, *
   q, k, v, do, lse, D = (_heads_first(a) for a in (x.q, x.k, x.v, do, lse, D))
   q_ints = _ints_of(x.qpos, x.qidx, x.qseg)
   k_ints = _ints_of(x.kpos, x.kidx, x.kseg)
-  row = lambda n: pl.BlockSpec((1, 1, 1, n), lambda b, h, i: (b, h, 0, i))  # noqa: E731
-  whole_row = lambda n: pl.BlockSpec((1, 1, 1, n), lambda b, h, i: (b, h, 0, 0))  # noqa: E731
+  grid = _grid_mode()
+  rank = 4 if grid else 3
+  outer, inner = _specs(grid, t.bk, Sp)
+  walk, last = _Walk(grid, t.bk), _clamp_keys(t)
+  dvar_spec = lambda a: pl.BlockSpec(  # noqa: E731
+      (1, 1, 1) + a.shape, lambda b, h, i, *j, n=a.ndim: (b, h, i) + (0,) * n)
   dq, *dvars = pl.pallas_call(
-      functools.partial(_dq_kernel, bias_fn, n_consts, t, scale, len(ops)), grid=(B, H, t.nq),
-      in_specs=[_int_spec(t.bq)] * 3 + [_int_spec(Sp, whole=True)] * 3
-      + [_head_spec(t.bq, K), _head_spec(Sp, K, whole=True), _head_spec(Sp, Kv, whole=True),
-         _head_spec(t.bq, Kv), row(t.bq), row(t.bq)] + _op_specs(ops),
-      out_specs=[_head_spec(t.bq, K)] + [pl.BlockSpec(
-          (1, 1, 1) + a.shape, lambda b, h, i, n=a.ndim: (b, h, i) + (0,) * n) for a in leaves],
+      functools.partial(_dq_kernel, bias_fn, n_consts, t, walk, scale, len(ops)),
+      grid=(B, H, t.nq, t.nk)[:rank],
+      in_specs=[outer(t.bq)] * 3 + [inner(None, last)] * 3
+      + [outer(t.bq, K), inner(K, last), inner(Kv, last), outer(t.bq, Kv),
+         outer(t.bq, 'row'), outer(t.bq, 'row')] + _op_specs(ops),
+      out_specs=[outer(t.bq, K)] + [dvar_spec(a) for a in leaves],
       out_shape=[jax.ShapeDtypeStruct((B, H, Lp, K), _f32)]
       + [jax.ShapeDtypeStruct((B, H, t.nq) + a.shape, _f32) for a in leaves],
-      interpret=interpret, compiler_params=_compiler_params(3))(
+      scratch_shapes=walk.scratch([(t.bq, K)] + [a.shape for a in leaves]),
+      interpret=interpret, compiler_params=_compiler_params(grid))(
           *q_ints, *k_ints, q, k, v, do, lse, D, *ops)
+  outer, inner = _specs(grid, t.bq, Lp)
+  walk, first = _Walk(grid, t.bq), _clamp_queries(t)
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, bias_fn, t, scale, len(ops)), grid=(B, H, t.nk),
-      in_specs=[_int_spec(t.bk)] * 3 + [_head_spec(t.bk, K), _head_spec(t.bk, Kv)]
-      + [_int_spec(Lp, whole=True)] * 3
-      + [_head_spec(Lp, K, whole=True), _head_spec(Lp, Kv, whole=True), whole_row(Lp),
-         whole_row(Lp)] + _op_specs(ops),
-      out_specs=[_head_spec(t.bk, K), _head_spec(t.bk, Kv)],
+      functools.partial(_dkv_kernel, bias_fn, t, walk, scale, len(ops)),
+      grid=(B, H, t.nk, t.nq)[:rank],
+      in_specs=[outer(t.bk)] * 3 + [outer(t.bk, K), outer(t.bk, Kv)]
+      + [inner(None, first)] * 3
+      + [inner(K, first), inner(Kv, first), inner('row', first), inner('row', first)]
+      + _op_specs(ops),
+      out_specs=[outer(t.bk, K), outer(t.bk, Kv)],
       out_shape=[jax.ShapeDtypeStruct((B, H, Sp, K), _f32),
                  jax.ShapeDtypeStruct((B, H, Sp, Kv), _f32)],
-      interpret=interpret, compiler_params=_compiler_params(3))(
+      scratch_shapes=walk.scratch([(t.bk, K), (t.bk, Kv)]),
+      interpret=interpret, compiler_params=_compiler_params(grid))(
           *k_ints, k, v, *q_ints, q, do, lse, D, *ops)
   dvars = jax.tree.unflatten(jax.tree.structure(variables), [
       g.sum((0, 1, 2)).reshape(a.shape) for g, a in zip(dvars, jax.tree.leaves(variables))])
