@@ -27,10 +27,9 @@ It serves encodings whose bias is a function of positions alone
 hook; the kernels never branch on names. T5's table and FIRE's MLP go through
 ``lookup`` and ``scalar_mlp``: N selects and W unrolled hidden units per element.
 
-Tested on CPU in Pallas interpret mode against ``dense`` (tests/test_fused.py),
-and lowered on CPU for a GPU (Triton) and a TPU (Mosaic) (tests/test_lowering.py);
-on a device it serves encodings that declare ``bias_in_kernel``. It has not run
-on a device, so ``auto`` does not pick it.
+Tested in interpret mode against ``dense`` (tests/test_fused.py) and lowered on CPU
+for Triton and Mosaic (tests/test_lowering.py); never run on a device, so ``auto``
+does not pick it.
 """
 from __future__ import annotations
 
