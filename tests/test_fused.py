@@ -142,13 +142,16 @@ def test_gpu_benchmark_script_runs_emulated_on_cpu(tmp_path):
     assert part in out.stdout
 
 
-PALLAS_FAST = ('alibi', 't5')  # A closed form, a shared table.
-PALLAS_CASES = [pytest.param(n, marks=() if n in PALLAS_FAST else pytest.mark.slow)
+# Fast: a closed form and a shared table in the loop walk (Triton's), the closed
+# form in the grid walk (Mosaic's); the rest with --runslow.
+PALLAS_FAST = {('alibi', False), ('t5', False), ('alibi', True)}
+PALLAS_CASES = [pytest.param(n, grid, id=f'{n}-{"grid" if grid else "loop"}',
+                             marks=() if (n, grid) in PALLAS_FAST else pytest.mark.slow)
+                for grid in (False, True)
                 for n in ('none', 'rope', 'alibi', 't5', 'kerple_log', 'kerple_power', 'fire')]
 
 
-@pytest.mark.parametrize('grid', [pytest.param(False, id='loop'), pytest.param(True, id='grid')])
-@pytest.mark.parametrize('posenc', PALLAS_CASES)
+@pytest.mark.parametrize('posenc,grid', PALLAS_CASES)
 def test_pallas_kernels_with_in_kernel_bias_equal_dense(posenc, grid, monkeypatch):
   """Values and gradients (dq, dk, dv and the bias variables') on packed rows,
   tiles of 4, in Pallas interpret mode: inner tiles in a loop (Triton) and as the
@@ -169,7 +172,8 @@ def test_pallas_kernels_with_in_kernel_bias_equal_dense(posenc, grid, monkeypatc
   jax.tree.map(_close, gd, gp)
 
 
-@pytest.mark.parametrize('grid', [pytest.param(False, id='loop'), pytest.param(True, id='grid')])
+@pytest.mark.parametrize('grid', [pytest.param(False, id='loop', marks=pytest.mark.slow),
+                                  pytest.param(True, id='grid')])
 def test_pallas_kernels_equal_dense_bidirectional(grid, monkeypatch):
   """An encoder (T5's two-sided buckets), packed segments, 10 tokens in tiles of 4."""
   from test_flash import _close
