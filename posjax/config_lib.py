@@ -236,7 +236,7 @@ def lra(arg, *, data: str, num_classes: int, vocab_size: int, seq_len: int, batc
   ``posenc``, ``size`` (the dataset build) and ``runlocal``."""
   c = base_config(arg.posenc)
   c.task = task
-  c.data = dict(name=data, size=arg.size, data_dir='')
+  c.data = dict(name=data, size=arg.size, data_dir='', eval_split='')  # '': validation.
   c.seq_len = seq_len
   c.batch_size = c.eval_batch_size = batch_size
   c.num_train_steps, c.warmup_steps = num_train_steps, warmup_steps
