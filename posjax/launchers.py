@@ -225,9 +225,8 @@ def launch_slurm(jobs: list, progress: Progress, executor) -> dict:
       os.makedirs(job.dir, exist_ok=True)
       write_json(os.path.join(job.dir, STATUS_FILE), status)
       return status
-  queue = SlurmQueue() if executor.cluster == 'slurm' else None
-  return _wait(dict(zip(submitted, jobs)), progress, result,
-               gone=queue.gone if queue else lambda sub: False)
+  gone = SlurmQueue().gone if executor.cluster == 'slurm' else (lambda sub: False)
+  return _wait(dict(zip(submitted, jobs)), progress, result, gone)
 
 
 class SlurmQueue:

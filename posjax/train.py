@@ -220,7 +220,10 @@ def _undo_new_run(workdir: str, before: list[str] | None) -> None:
     return
   for name in set(os.listdir(workdir)) - set(before):
     path = os.path.join(workdir, name)
-    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.remove(path)
 
 
 def _init_from(config, trainer: Trainer, workdir: str):

@@ -141,20 +141,23 @@ def in_kernel(head: Array):
     _KERNEL_HEAD.reset(token)
 
 
-def per_head(x: Array, axis: int = 0) -> Array:
-  """``x`` along its heads ``axis``: every head, or inside a kernel the kernel's
-  head alone (kept as size 1; a masked sum, as Mosaic has no dynamic lane slice)."""
-  head = _KERNEL_HEAD.get()
-  if head is None:
-    return x
-  mine = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis % x.ndim) == head
+def take_head(x: Array, index, axis: int = 0) -> Array:
+  """Entry ``index`` (a traced scalar is fine) of ``x`` along ``axis``, kept as size
+  1: a masked sum, as Mosaic slices no lanes dynamically and Triton no values."""
+  mine = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis % x.ndim) == index
   return jnp.sum(jnp.where(mine, x, 0), axis=axis, keepdims=True)
 
 
+def per_head(x: Array, axis: int = 0) -> Array:
+  """``x`` along its heads ``axis``: every head, or inside a kernel the kernel's
+  head alone (kept as size 1)."""
+  head = _KERNEL_HEAD.get()
+  return x if head is None else take_head(x, head, axis)
+
+
 def _entry(x: Array, n: int) -> Array:
-  """``x[n, 0...]`` as a scalar by a masked sum (Triton slices no values)."""
-  first = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0) == n
-  return jnp.sum(jnp.where(first, x, 0))
+  """``x[n, 0...]`` as a scalar (``x`` has size 1 past its first axis)."""
+  return take_head(x, n).sum()
 
 
 def lookup(table_NxH: Array, index_BxLxS: Array) -> Array:

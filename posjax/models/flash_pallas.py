@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.extend import core as jax_core
 
-from posjax.encodings.base import in_kernel
+from posjax.encodings.base import in_kernel, take_head
 from posjax.models import attention as att
 from posjax.models import flash
 
@@ -112,10 +112,8 @@ def _tile_bias(module, variables, x: flash.Inputs, num_heads: int):
     qpos, kpos, mask, h = args[len(shapes):]
     run = jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(closed.jaxpr, ops[:n_consts]))
     heads = run(*ops[n_consts:], qpos, kpos, mask, h)[0][0]  # [1, bq, bk], or [H, ...]
-    if heads.shape[0] == 1:  # A hook that reads its heads through per_head.
-      return heads[0]
-    mine = jax.lax.broadcasted_iota(jnp.int32, heads.shape, 0) == h
-    return jnp.sum(jnp.where(mine, heads, 0.0), axis=0)
+    # A hook that reads its heads through per_head gave one; any other gave all.
+    return (heads if heads.shape[0] == 1 else take_head(heads, h))[0]
 
   # Operands of rank < 2 travel as [1, n] (Mosaic lays out rank-1 blocks by chip).
   return fn, [a.reshape((1,) * (2 - a.ndim) + a.shape) for a in ops], n_consts
@@ -148,9 +146,9 @@ class _Walk:
                                        lambda s: s, s)
       return finish(jax.lax.fori_loop(0, count, body, init()))
     j = pl.program_id(3)
-    structure = jax.tree.structure(init())
-    load = lambda: jax.tree.unflatten(structure, [  # noqa: E731
-        r[0] if rank1 else r[...] for r, rank1 in zip(scratch, self._rank1)])
+    like = jax.eval_shape(init)
+    load = lambda: jax.tree.unflatten(jax.tree.structure(like), [  # noqa: E731
+        r[0] if a.ndim == 1 else r[...] for r, a in zip(scratch, jax.tree.leaves(like))])
 
     def store(state):
       for r, a in zip(scratch, jax.tree.leaves(state)):
@@ -165,7 +163,6 @@ class _Walk:
     if not self.grid:
       return ()
     from jax.experimental.pallas import tpu as pl_tpu
-    self._rank1 = [len(s) == 1 for s in state_shapes]
     return [pl_tpu.VMEM((1,) + tuple(s) if len(s) == 1 else tuple(s), _f32)
             for s in state_shapes]
 
