@@ -12,8 +12,10 @@ account of the compiled program (``memory_analysis()``: arguments + outputs +
 temporaries), which on CPU is what the run allocates at its peak.
 
 ``matmul`` is the reference every implementation is measured against: the
-attention's matrix multiplications alone (QK^T and PV, forward and their
-gradients) over the causal lower triangle only, tile by tile, for the same shapes.
+attention's matrix multiplications alone (QK^T and PV forward, and the four of
+their gradients: dO V^T, dS K, dO^T P, dS^T Q), on each ``--block_size`` tile of
+the causal lower triangle only, for the same shapes, written out in the layouts
+in which XLA's CPU dots transpose no tile.
 ``dense`` is left out (``skip``) above ``--dense_max`` tokens, and any cell whose
 compiled peak exceeds ``--max_gb`` (default: 80% of this machine's memory) is not
 run: its time reads ``skip``, its memory is XLA's estimate.
@@ -85,19 +87,37 @@ def layer_step(posenc: str, attention: str, length: int):
 
 
 def causal_matmuls(length: int, tile: int):
-  """QK^T and PV with their gradients over the lower triangle of ``tile`` tiles."""
+  """QK^T and PV and the four matmuls of their gradients on each ``tile`` x
+  ``tile`` tile of the causal lower triangle, written out (no softmax, no mask)
+  in the layouts in which XLA's CPU dots transpose no tile: the work any tiled
+  implementation must do, at its best."""
   K = DIM // HEADS
-  qkv = jax.random.normal(jax.random.key(3), (3, 1, length, HEADS, K), jnp.dtype(FLAGS.dtype))
+  n = -(-length // tile)
+  qkv = jax.random.normal(jax.random.key(3), (4, HEADS, n * tile, K), jnp.dtype(FLAGS.dtype))
+  pairs = jnp.asarray([(i, j) for i in range(n) for j in range(i + 1)], jnp.int32)
 
   def f(qkv):
-    q, k, v = qkv
-    total = 0.0
-    for i in range(0, length, tile):
-      end = min(i + tile, length)
-      s = jnp.einsum('blhk,bshk->bhls', q[:, i:end], k[:, :end])
-      total += jnp.einsum('bhls,bshk->blhk', s, v[:, :end]).astype(jnp.float32).sum()
-    return total
-  return jax.value_and_grad(f), qkv
+    q, k, v, do = qkv
+    at = lambda x, i, axis=1: jax.lax.dynamic_slice_in_dim(x, i * tile, tile, axis)  # noqa: E731
+    def add(x, i, d, axis):
+      return jax.lax.dynamic_update_slice_in_dim(x, at(x, i, axis) + d, i * tile, axis)
+
+    def pair(acc, ij):
+      o, dq, dk, dv = acc
+      i, j = ij
+      qi, doi, kj, vj = at(q, i), at(do, i), at(k, j), at(v, j)
+      s = jnp.einsum('hlk,hsk->hls', qi, kj)  # S = Q K^T
+      ds = jnp.einsum('hlk,hsk->hls', doi, vj)  # dP = dO V^T (here dS = dP)
+      o = add(o, i, jnp.einsum('hls,hsk->hlk', s, vj), 1)  # O = S V
+      dq = add(dq, i, jnp.einsum('hls,hsk->hlk', ds, kj), 1)  # dQ = dS K
+      dv = add(dv, j, jnp.einsum('hlk,hls->hks', doi, s), 2)  # dV^T = dO^T S
+      dk = add(dk, j, jnp.einsum('hlk,hls->hks', qi, ds), 2)  # dK^T = Q^T dS
+      return (o, dq, dk, dv), None
+
+    zeros = jnp.zeros_like(q)
+    init = (zeros, zeros, jnp.swapaxes(zeros, 1, 2), jnp.swapaxes(zeros, 1, 2))
+    return jax.lax.scan(pair, init, pairs)[0]
+  return f, qkv
 
 
 def rows():

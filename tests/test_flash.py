@@ -1,5 +1,6 @@
 """posjax.models.flash: equal to dense in values and gradients; empty tiles skipped."""
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,24 @@ def test_flash_equals_dense_packed(posenc):
   ld, gd = _loss_and_grads(cfg, params, tokens, pos, seg)
   lf, gf = _loss_and_grads(cfg.replace(attention='flash'), params, tokens, pos, seg)
   _close(ld, lf)  # (A weighted sum near 0: no relative tolerance.)
+  jax.tree.map(_close, gd, gf)
+
+
+@pytest.mark.parametrize('posenc', [pytest.param(n, marks=() if n == 't5' else pytest.mark.slow)
+                                    for n in ('t5', 'alibi', 'fire', 'rope')])
+def test_flash_equals_dense_randomized_positions(posenc):
+  """Sorted positions drawn from a range 8x the length (Ruoss et al.), as
+  ``randomized_positions`` gives: gaps between neighbours, large distances."""
+  B, L = 2, 21
+  cfg = _cfg(posenc, num_layers=1, block_size=4)
+  tokens = jax.random.randint(jax.random.key(3), (B, L), 4, 40)
+  draw = lambda key: jnp.sort(jax.random.choice(key, 8 * L, (L,), replace=False))  # noqa: E731
+  pos = jax.vmap(draw)(jax.random.split(jax.random.key(8), B)).astype(jnp.int32)
+  seg = jnp.ones((B, L), jnp.int32)
+  params = _params(cfg, tokens.shape, 0)
+  ld, gd = _loss_and_grads(cfg, params, tokens, pos, seg)
+  lf, gf = _loss_and_grads(cfg.replace(attention='flash'), params, tokens, pos, seg)
+  _close(ld, lf)
   jax.tree.map(_close, gd, gf)
 
 
@@ -105,3 +124,32 @@ def test_auto_on_cpu_is_dense_when_short_flash_when_long():
   assert attention.choose(cfg, n + 1, n + 1) == 'flash'
   named = cfg.replace(attention='blockwise')
   assert attention.choose(named, 10 ** 6, 10 ** 6) == 'blockwise'  # A named choice stands.
+
+
+def _loop_computations(hlo: str) -> dict[str, str]:
+  """The bodies of every while loop and conditional branch in optimized HLO text."""
+  names = set(re.findall(r'body=%([\w.-]+)', hlo))
+  for branches in re.findall(r'branch_computations=\{([^}]*)\}', hlo):
+    names |= {b.strip().lstrip('%') for b in branches.split(',')}
+  blocks = re.findall(r'^%([\w.-]+) .*?\{\n(.*?)\n\}', hlo, re.S | re.M)
+  return {name: body for name, body in blocks if name in names}
+
+
+def test_flash_moves_no_tile_and_no_whole_buffer_per_tile():
+  """What made the backward pass 2x slower on CPU (experiments/attention_benchmark.py):
+  inside the tile loops, XLA transposed [bq, bk] tiles for its dots, and copied the
+  whole dK / dV buffers through the tile's conditional. Neither may come back."""
+  B, L, blk = 1, 96, 32
+  cfg = _cfg('alibi', num_layers=1, block_size=blk).replace(attention='flash')
+  tokens = jax.random.randint(jax.random.key(3), (B, L), 4, 40)
+  pos, seg = jnp.arange(L)[None], jnp.ones((B, L), jnp.int32)
+  model = models.build(cfg)
+  grad = jax.jit(jax.grad(lambda p: (model.apply({'params': p}, tokens, pos, seg) ** 2).sum()))
+  hlo = grad.lower(_params(cfg, tokens.shape, 0)).compile().as_text()
+  loops = _loop_computations(hlo)
+  assert len(loops) >= 6, 'no tile loops found: the test no longer reads the program'
+  moved = lambda text: re.findall(r'= f32\[([0-9,]+)\]\{[0-9,]*\} (?:copy|transpose)\(', text)  # noqa: E731
+  assert f'{B},{cfg.num_heads},{blk},{blk}' not in moved(hlo)  # (Tiles exist in loops only.)
+  whole = [(name, shape) for name, body in loops.items() for shape in moved(body)
+           if str(L) in shape.split(',')]  # dK, dV: [.., L, ..]
+  assert not whole, whole
