@@ -76,15 +76,21 @@ def block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
   if bias is not None:
     logits = logits + bias
   logits = jnp.where(mask[:, None], logits, NEG)
-  m_new = jnp.maximum(m, logits.max(-1))
-  p = jnp.exp(logits - m_new[..., None]) * mask[:, None]
-  corr = jnp.exp(m - m_new)
+  m_new, p, corr = softmax_step(m, logits, mask)
   out = jnp.einsum('bhls,bshk->blhk', p, v.astype(jnp.float32))
   extra = enc.values(p, qpos, kpos)
   if extra is not None:
     out = out + extra.astype(jnp.float32)
   acc = acc * jnp.swapaxes(corr, 1, 2)[..., None] + out
   return (m_new, l * corr + p.sum(-1), acc, enc_carry), p
+
+
+def softmax_step(m_BxHxL, logits_BxHxLxS, mask_BxLxS):
+  """The online softmax over one block of masked logits: the new running max, the
+  block's unnormalised probabilities and the factor that rescales the old state."""
+  m_new = jnp.maximum(m_BxHxL, logits_BxHxLxS.max(-1))
+  p = jnp.exp(logits_BxHxLxS - m_new[..., None]) * mask_BxLxS[:, None]
+  return m_new, p, jnp.exp(m_BxHxL - m_new)
 
 
 def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,

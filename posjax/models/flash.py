@@ -189,9 +189,7 @@ def _online_step(hooks, q, k, v, qpos, kpos, mask, state, scale):
   ``[B, H, bq, Kv]``, the layout in which XLA's CPU dots need no transposed tile."""
   m, l, acc, carry = state
   s, carry = _logits(hooks, q, k, qpos, kpos, mask, carry, scale)
-  m_new = jnp.maximum(m, s.max(-1))
-  p = jnp.exp(s - m_new[..., None]) * mask[:, None]
-  corr = jnp.exp(m - m_new)
+  m_new, p, corr = att.softmax_step(m, s, mask)
   out = jnp.einsum('bhls,bshk->bhlk', p, v.astype(_f32))
   extra = hooks.values(p, qpos, kpos)
   if extra is not None:
