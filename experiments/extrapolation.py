@@ -20,8 +20,10 @@ Any corpus: ``--config.data.path='~/corpus/*.txt'`` (passed to every run).
 import os
 import sys
 
-from posjax import encodings, experiments
-from posjax import report as report_lib
+from posjax import encodings
+from posjax.analysis import charts
+from posjax.suites import runner
+from posjax.suites import report as report_lib
 
 NAME = 'extrapolation'
 DESCRIPTION = ('Press et al. 2022 (ALiBi), Table 2 / Figure 1 style: language models trained '
@@ -46,7 +48,7 @@ SCALES = {
 }
 
 
-def runs(scale: str) -> list[experiments.Run]:
+def runs(scale: str) -> list[runner.Run]:
   s = SCALES[scale]
   lengths = tuple(s['seq_len'] * f for f in s['factors'])
   out = []
@@ -54,7 +56,7 @@ def runs(scale: str) -> list[experiments.Run]:
     bounded = encodings.get(name).bounded_by_max_len
     overrides = {**s['overrides'], 'seq_len': s['seq_len'], 'eval_lengths': lengths,
                  'model.max_len': max(lengths) if bounded else s['seq_len']}
-    out.append(experiments.Run(name=name, config='configs/lm.py',
+    out.append(runner.Run(name=name, config='configs/lm.py',
                                arg=f'posenc={name},{s["arg"]}', overrides=overrides,
                                note=LEARNED_NOTE if bounded else ''))
   return out
@@ -92,7 +94,7 @@ def report(suite_dir: str, records) -> str:
   tables = report_tables(records)
   report_lib.write_csv(os.path.join(suite_dir, 'results.csv'), tables)
   series = report_lib.series(records, _perplexity, label=_label)
-  report_lib.plot_lines(series, xlabel='evaluation length (bytes)', ylabel='perplexity',
+  charts.plot_lines(series, xlabel='evaluation length (bytes)', ylabel='perplexity',
                         title='Perplexity by evaluation length', logx=True,
                         logy=any(series.values()),
                         marks={k: 'o--' for k in series if LEARNED_NOTE in k},
@@ -111,4 +113,4 @@ def report(suite_dir: str, records) -> str:
 
 
 if __name__ == '__main__':
-  experiments.run_suite(sys.modules[__name__])
+  runner.run_suite(sys.modules[__name__])

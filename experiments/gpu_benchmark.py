@@ -8,7 +8,7 @@ Three parts, each printing a markdown table (and ``--csv`` rows):
 
 ``mfu``: a ~350M decoder (24 layers, model_dim 1024, 16 heads, mlp 4096, bf16,
 rope, ``attention=auto``) at L = 2048: tokens/s of the real jitted train step
-(posjax.trainer.Trainer: AdamW, sharded over every local device) and MFU =
+(posjax.training.steps.Trainer: AdamW, sharded over every local device) and MFU =
 achieved FLOP/s / (``--peak_tflops`` x devices). FLOPs per token are PaLM's
 (Chowdhery et al. 2022, appendix B): 6 N + 6 n_layers L d (causal attention;
 N = non-embedding parameters).
@@ -38,8 +38,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import attention_benchmark as ab  # noqa: E402  (its flags: --repeats, --dtype, ...)
-from posjax import config_lib, memory  # noqa: E402
-from posjax.trainer import Trainer  # noqa: E402
+from posjax import config_lib  # noqa: E402
+from posjax.training import memory  # noqa: E402
+from posjax.training.steps import Trainer  # noqa: E402
 
 flags.DEFINE_list('parts', ['mfu', 'kernels', 'longest'], 'Which parts to run.')
 flags.DEFINE_float('peak_tflops', 989.0, 'Dense bf16 peak per device (H100/H200 SXM: 989).')

@@ -24,9 +24,10 @@ import os
 import statistics
 import sys
 
-from posjax import experiments
-from posjax import report as report_lib
+from posjax.analysis import charts
 from posjax.data import synthetic
+from posjax.suites import runner
+from posjax.suites import report as report_lib
 from posjax.tasks import sequence
 
 NAME = 'length_generalization'
@@ -50,14 +51,14 @@ def run_name(task: str, posenc: str, randomized: bool) -> str:
   return f'{task}-{posenc}' + ('-randomized' if randomized else '')
 
 
-def runs(scale: str) -> list[experiments.Run]:
+def runs(scale: str) -> list[runner.Run]:
   s = SCALES[scale]
   out = []
   for task in synthetic.TASKS:
     for posenc in s['encodings']:
       for randomized in (False, True):
         arg = f'task={task},posenc={posenc},randomized={randomized},size={s["size"]}'
-        out.append(experiments.Run(run_name(task, posenc, randomized), 'configs/synthetic.py',
+        out.append(runner.Run(run_name(task, posenc, randomized), 'configs/synthetic.py',
                                    arg + (',runlocal' if s['runlocal'] else ''),
                                    s['overrides']))
   return out
@@ -117,7 +118,7 @@ def report(suite_dir: str, records) -> str:
       'learned': 'yes' if (in_distribution(r) or 0) >= LEARNED else 'NO'})
   report_lib.write_csv(os.path.join(suite_dir, 'results.csv'),
                        {'ood_mean': mean, 'per_run': per_run})
-  report_lib.plot_heatmap(mean, title='Mean OOD sequence accuracy', vmin=0, vmax=1,
+  charts.plot_heatmap(mean, title='Mean OOD sequence accuracy', vmin=0, vmax=1,
                           path=os.path.join(suite_dir, 'ood_accuracy.png'))
   gains = _randomized_gain(records)
   parts = [report_lib.to_markdown(mean, title='Mean out-of-distribution sequence accuracy'),
@@ -139,4 +140,4 @@ def _randomized_gain(records) -> str:
 
 
 if __name__ == '__main__':
-  experiments.run_suite(sys.modules[__name__])
+  runner.run_suite(sys.modules[__name__])

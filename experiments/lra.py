@@ -20,8 +20,8 @@ split; paper = the LRA reference configs
 import os
 import sys
 
-from posjax import experiments
-from posjax import report as report_lib
+from posjax.suites import runner
+from posjax.suites import report as report_lib
 
 NAME = 'lra'
 DESCRIPTION = ('Tay et al. 2021 (Long Range Arena), Table 1: accuracy on the five LRA tasks '
@@ -51,13 +51,13 @@ SCALES = {
 }
 
 
-def runs(scale: str) -> list[experiments.Run]:
+def runs(scale: str) -> list[runner.Run]:
   s = SCALES[scale]
   out = []
   for task, (config, _, two_d, _, _) in TASKS.items():
     for posenc in ENCODINGS:
       posenc = 'rope_2d' if two_d and posenc == 'rope' else posenc
-      out.append(experiments.Run(f'{task}-{posenc}', config,
+      out.append(runner.Run(f'{task}-{posenc}', config,
                                  f'posenc={posenc},size={s["size"]}{s["arg"]}',
                                  {**s['overrides'], 'data.size': s['size']}))
   return out
@@ -125,4 +125,4 @@ def report(suite_dir: str, records) -> str:
 
 
 if __name__ == '__main__':
-  experiments.run_suite(sys.modules[__name__])
+  runner.run_suite(sys.modules[__name__])

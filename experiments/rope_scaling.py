@@ -28,10 +28,11 @@ of at least ``PASSKEY_MIN`` bytes: a depth x length heat map per run
 import os
 import sys
 
-from posjax import experiments
-from posjax import report as report_lib
+from posjax.analysis import charts
 from posjax.data import passkey
 from posjax.encodings import rotary
+from posjax.suites import runner
+from posjax.suites import report as report_lib
 
 NAME = 'rope_scaling'
 DESCRIPTION = ('Position interpolation (Chen et al. 2023) and YaRN (Peng et al. 2023) style: '
@@ -71,20 +72,20 @@ def scaling(kind: str, factor: int, seq_len: int, head_dim: int) -> dict:
   return {f'model.posenc_args.scaling.{k}': v for k, v in s.items()}
 
 
-def runs(scale: str) -> list[experiments.Run]:
+def runs(scale: str) -> list[runner.Run]:
   s = SCALES[scale]
   lengths = tuple(s['seq_len'] * f for f in (1, 2, 4, 8))
   base = {**s['overrides'], 'seq_len': s['seq_len'], 'model.max_len': s['seq_len'],
           'eval_lengths': lengths,
           'passkey_lengths': tuple(n for n in lengths if n >= PASSKEY_MIN)}
-  out = [experiments.Run('rope', 'configs/lm.py', s['arg'], base, note='no scaling')]
+  out = [runner.Run('rope', 'configs/lm.py', s['arg'], base, note='no scaling')]
   for kind in rotary.SCALING_TYPES:
     for f in FACTORS:
       sc = scaling(kind, f, s['seq_len'], s['head_dim'])
-      out.append(experiments.Run(f'{kind}-{f}x-zeroshot', 'configs/lm.py', s['arg'],
+      out.append(runner.Run(f'{kind}-{f}x-zeroshot', 'configs/lm.py', s['arg'],
                                  {**base, **sc}, base='rope', evaluate=True))
       long = {'seq_len': f * s['seq_len'], 'model.max_len': f * s['seq_len']}
-      out.append(experiments.Run(f'{kind}-{f}x-finetune', 'configs/lm.py', s['arg'],
+      out.append(runner.Run(f'{kind}-{f}x-finetune', 'configs/lm.py', s['arg'],
                                  {**base, **sc, **s['finetune'], **long}, base='rope'))
   return out
 
@@ -118,7 +119,7 @@ def _passkey_maps(suite_dir: str, records) -> None:
     if grid:
       depths, lengths = sorted({d for d, _ in grid}), sorted({n for _, n in grid})
       table = report_lib.Table(depths, lengths, dict(grid))
-      report_lib.plot_heatmap(table, title=f'{r.name}: passkey accuracy (depth x length)',
+      charts.plot_heatmap(table, title=f'{r.name}: passkey accuracy (depth x length)',
                               vmin=0, vmax=1,
                               path=os.path.join(suite_dir, 'passkey', f'{r.name}.png'))
 
@@ -132,7 +133,7 @@ def report(suite_dir: str, records) -> str:
   for mode in ('zeroshot', 'finetune'):
     chosen = [r for r in records if r.name == 'rope' or r.name.endswith(mode)]
     series = report_lib.series(chosen, _perplexity)
-    report_lib.plot_lines(series, xlabel='evaluation length (bytes)', ylabel='perplexity',
+    charts.plot_lines(series, xlabel='evaluation length (bytes)', ylabel='perplexity',
                           title=f'RoPE scaling, {mode}', logx=True,
                           logy=any(series.values()),
                           path=os.path.join(suite_dir, f'perplexity_{mode}.png'))
@@ -148,4 +149,4 @@ def report(suite_dir: str, records) -> str:
 
 
 if __name__ == '__main__':
-  experiments.run_suite(sys.modules[__name__])
+  runner.run_suite(sys.modules[__name__])

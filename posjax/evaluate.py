@@ -28,13 +28,14 @@ _FROM = flags.DEFINE_string('from_workdir', None,
 
 def evaluate(config, from_workdir: str, workdir: str) -> dict[str, float]:
   """Evaluates ``from_workdir``'s params under ``config``; logs to ``workdir``."""
-  from posjax import checkpoint, metrics, validation
-  from posjax.trainer import Trainer
+  from posjax.training import metrics, validation
+  from posjax.training.steps import Trainer
+  from posjax.workdir import checkpoints, run_config
   mcfg, task = validation.validate(config)
   trainer = Trainer(config, mcfg, task)
   try:
-    params, step = checkpoint.restore_params(from_workdir, trainer.abstract_state['params'])
-  except (FileNotFoundError, ValueError, checkpoint.UnreadableCheckpointError) as e:
+    params, step = checkpoints.restore_params(from_workdir, trainer.abstract_state['params'])
+  except (FileNotFoundError, ValueError, checkpoints.UnreadableCheckpointError) as e:
     raise validation.InputError(f'--from_workdir: {" ".join(str(e).split())[:300]}; '
                                 'allowed: a trained run of a model with these '
                                 'parameter shapes') from None
@@ -45,7 +46,7 @@ def evaluate(config, from_workdir: str, workdir: str) -> dict[str, float]:
   validation.check_eval_sets(mcfg, eval_sets)
   results = trainer.evaluate(params, eval_sets)
   os.makedirs(workdir, exist_ok=True)
-  checkpoint.save_config(workdir, config)
+  run_config.save_config(workdir, config)
   writer = metrics.MetricWriter(workdir)  # Start 0: a rerun replaces the record.
   writer.write(step, results)
   writer.close()
@@ -62,7 +63,7 @@ def main(argv):
     _fail(f'arguments: unexpected {argv[1:]}; allowed: flags only')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from posjax import validation
+  from posjax.training import validation
   workdir, source = flags.FLAGS.workdir, _FROM.value
   if not workdir or not source:
     _fail('--workdir, --from_workdir: required; allowed: directories')

@@ -1,6 +1,6 @@
 """Trains a model: ``python -m posjax.main --config=configs/lm.py:runlocal --workdir=DIR``.
 
-Kept thin: all logic lives in ``posjax.train`` (importable from a notebook).
+Kept thin: all logic lives in ``posjax.training.loop`` (importable from a notebook).
 Every command-line or config mistake ends as one line ``error: <field>: ...;
 allowed: ...`` on stderr with exit code 2, before anything is written.
 ``--config.model.posenc_args.<key>[.<key>...]=<value>`` may name keys the config
@@ -128,19 +128,20 @@ def main(argv):
 
 def run_job(config, workdir: str | None):
   """Validates, trains and reports: everything after flag parsing."""
-  from posjax import checkpoint, memory, train
+  from posjax.training import loop, memory, validation
+  from posjax.workdir import checkpoints
   if not workdir:
     _fail(f'--workdir: required; allowed: {_USAGE}', 2)
   try:
-    final = train.train_and_evaluate(config, workdir)  # Validates once, first.
-  except (train.ConfigError, train.InputError, memory.ResourceError) as e:
+    final = loop.train_and_evaluate(config, workdir)  # Validates once, first.
+  except (validation.ConfigError, validation.InputError, memory.ResourceError) as e:
     _fail(str(e), 2)
-  except (FloatingPointError, checkpoint.UnreadableCheckpointError) as e:
+  except (FloatingPointError, checkpoints.UnreadableCheckpointError) as e:
     _fail(str(e), 1)
   except KeyboardInterrupt:  # Before the first step (the loop itself saves and exits 130).
     _fail('interrupted (Ctrl-C) before training started; nothing was saved', 130)
   workdir = os.path.abspath(workdir)
-  print(f'checkpoints: {checkpoint.checkpoint_dir(workdir)}')
+  print(f'checkpoints: {checkpoints.checkpoint_dir(workdir)}')
   print(f'tensorboard: tensorboard --logdir {workdir}')
   print(f'metrics:     {os.path.join(workdir, "metrics.jsonl")}')
   print('final evaluation:')

@@ -1,4 +1,4 @@
-"""posjax.analysis: every function against an exact expectation."""
+"""posjax.analysis.measures: every function against an exact expectation."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from posjax import analysis, checkpoint, encodings, models, tasks
+from posjax import encodings, models, tasks
+from posjax.analysis import measures
+from posjax.workdir import restore
 
 
 def _run(posenc='none', num_layers=1, zero_queries=False, **model):
@@ -24,7 +26,7 @@ def _run(posenc='none', num_layers=1, zero_queries=False, **model):
       params['decoder'][f'layer_{i}']['attention']['query'] = jnp.zeros_like(q)
   config = ml_collections.ConfigDict({'model': m, 'task': 'lm', 'seq_len': 16,
                                       'data': {'tokenizer': 'bytes'}})
-  return checkpoint.Analysis(config=config, params=params, step=0)
+  return restore.Analysis(config=config, params=params, step=0)
 
 
 TOKENS = np.random.default_rng(1).integers(4, 40, (3, 12))
@@ -32,7 +34,7 @@ TOKENS = np.random.default_rng(1).integers(4, 40, (3, 12))
 
 def test_attention_weights_of_one_layer_match_a_hand_computed_softmax():
   run = _run('none')
-  p = analysis.attention_weights(run, TOKENS)
+  p = measures.attention_weights(run, TOKENS)
   assert p.shape == (1, 3, 2, 12, 12)
   P = run.params['decoder']
   x = np.asarray(P['embedding']['embedding'])[TOKENS]  # NoPE: no position term.
@@ -49,8 +51,8 @@ def test_attention_weights_of_one_layer_match_a_hand_computed_softmax():
 
 
 def test_blockwise_and_scanned_runs_give_the_same_weights():
-  dense = analysis.attention_weights(_run('rope', num_layers=2), TOKENS)
-  blockwise = analysis.attention_weights(
+  dense = measures.attention_weights(_run('rope', num_layers=2), TOKENS)
+  blockwise = measures.attention_weights(
       _run('rope', num_layers=2, attention='blockwise', block_size=4), TOKENS)
   np.testing.assert_allclose(blockwise, dense, rtol=1e-5, atol=1e-7)
   assert dense.shape[0] == 2 and np.allclose(dense.sum(-1), 1.0, atol=1e-5)
@@ -61,22 +63,22 @@ def test_uniform_attention_has_known_distance_and_entropy():
   is i / 2 and the entropy log(i + 1)."""
   run = _run('none', num_layers=2, zero_queries=True)
   i = np.arange(12)
-  np.testing.assert_allclose(analysis.attention_distance(run, TOKENS),
+  np.testing.assert_allclose(measures.attention_distance(run, TOKENS),
                              np.broadcast_to(i / 2, (2, 2, 12)), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(analysis.attention_entropy(run, TOKENS),
+  np.testing.assert_allclose(measures.attention_entropy(run, TOKENS),
                              np.broadcast_to(np.log(i + 1), (2, 2, 12)), rtol=1e-5, atol=1e-5)
 
 
 def test_loss_by_position_averages_to_the_models_loss():
   run = _run('alibi')
   windows = np.random.default_rng(2).integers(4, 40, (4, 13))
-  by_pos = analysis.loss_by_position(run, windows)
+  by_pos = measures.loss_by_position(run, windows)
   assert by_pos.shape == (12,)
   task = tasks.for_config(run.config)
   batch = {'inputs': jnp.asarray(windows[:, :-1]), 'targets': jnp.asarray(windows[:, 1:]),
            'positions': jnp.broadcast_to(jnp.arange(12), (4, 12)),
            'segment_ids': jnp.ones((4, 12), jnp.int32)}
-  model = models.build(analysis.model_config(run))
+  model = models.build(measures.model_config(run))
   sums = task.sums(model.apply({'params': run.params}, batch['inputs'],
                                positions=batch['positions']), batch)
   np.testing.assert_allclose(by_pos.mean(), float(sums['loss_sum'] / sums['count']), rtol=1e-5)
@@ -84,7 +86,7 @@ def test_loss_by_position_averages_to_the_models_loss():
 
 def test_alibi_bias_is_minus_slope_times_distance():
   d = np.array([0, 1, 2, 7, 100, 5000])
-  got = analysis.bias_by_distance('alibi', d, num_heads=8)
+  got = measures.bias_by_distance('alibi', d, num_heads=8)
   want = -np.asarray(encodings.alibi_slopes(8))[:, None] * d[None]
   np.testing.assert_array_equal(got, want.astype(np.float32))
 
@@ -92,8 +94,8 @@ def test_alibi_bias_is_minus_slope_times_distance():
 def test_t5_bias_of_a_run_reads_its_learned_table():
   run = _run('t5')
   d = np.arange(0, 200, 7)
-  got = analysis.bias_by_distance(run, d)
-  enc, params = analysis.encoding_params(run)
+  got = measures.bias_by_distance(run, d)
+  enc, params = measures.encoding_params(run)
   table = np.asarray(jax.tree.leaves(params)[0])  # [buckets, heads] (the only leaf)
   buckets = np.asarray(encodings.t5_relative_position_bucket(
       -d, bidirectional=False, num_buckets=enc.num_buckets, max_distance=enc.max_distance))
@@ -111,21 +113,21 @@ def test_t5_bias_of_a_run_reads_its_learned_table():
 
 def test_bias_by_distance_refuses_content_dependent_encodings():
   with pytest.raises(ValueError, match=r'^bias_by_distance: shaw .*allowed: .*alibi'):
-    analysis.bias_by_distance('shaw', [0, 1], num_heads=2)
+    measures.bias_by_distance('shaw', [0, 1], num_heads=2)
 
 
 def test_rope_wavelengths_follow_the_base_and_the_scaling():
   dim, base = 16, 10000.0
   want = 2 * np.pi * base ** (np.arange(0, dim, 2) / dim)
-  np.testing.assert_allclose(analysis.rope_wavelengths(dim, base), want, rtol=1e-6)
+  np.testing.assert_allclose(measures.rope_wavelengths(dim, base), want, rtol=1e-6)
   np.testing.assert_allclose(
-      analysis.rope_wavelengths(dim, base, {'type': 'linear', 'factor': 4.0}), 4 * want,
+      measures.rope_wavelengths(dim, base, {'type': 'linear', 'factor': 4.0}), 4 * want,
       rtol=1e-6)
 
 
 def test_rope_score_by_offset_is_the_cosine_sum_of_the_pairs():
   dim, offsets = 16, np.array([0, 1, 5, 50, 500])
-  got = analysis.rope_score_by_offset(dim, offsets, num_samples=64)
+  got = measures.rope_score_by_offset(dim, offsets, num_samples=64)
   x = np.asarray(jax.random.normal(jax.random.key(0), (64, 1, 1, dim), jnp.float32))[:, 0, 0]
   theta = 10000.0 ** (-np.arange(0, dim, 2) / dim)
   energy = x[:, :dim // 2] ** 2 + x[:, dim // 2:] ** 2  # 'half' layout pairs (i, i + dim/2).

@@ -1,4 +1,4 @@
-"""The suite runner (posjax.experiments / posjax.launchers), posjax.evaluate and the
+"""The suite runner (posjax.suites.runner / posjax.suites.launchers), posjax.evaluate and the
 suites in experiments/: skip / resume / refuse, failures, submitit's local
 executor, and one end-to-end suite at a tiny scale (two encodings, a few steps)."""
 import importlib.util
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from posjax import experiments, launchers
+from posjax.suites import launchers, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.num_train_steps=4', '--config.eval_every_steps=4',
@@ -32,7 +32,7 @@ def finished(tmp_path_factory, corpus):
   d = str(tmp_path_factory.mktemp('suite'))
   argv = ['x', f'--workdir={d}', '--only=alibi,rope', '--parallel=2',
           f'--config.data.path={corpus}', *TINY]
-  code = experiments.main(suite('extrapolation'), argv)
+  code = runner.main(suite('extrapolation'), argv)
   return d, argv, code
 
 
@@ -55,15 +55,15 @@ def test_suite_end_to_end(finished):
 
 
 def test_load_for_analysis_works_on_a_suite_run(finished):
-  from posjax import checkpoint
-  analysis = checkpoint.load_for_analysis(os.path.join(finished[0], 'alibi'))
+  from posjax.workdir import restore
+  analysis = restore.load_for_analysis(os.path.join(finished[0], 'alibi'))
   assert analysis.step == 4 and analysis.config.model.posenc == 'alibi'
 
 
 def test_rerun_skips_finished_runs(finished, monkeypatch, capsys):
   d, argv, _ = finished
   monkeypatch.setattr(launchers, 'execute', lambda *a: pytest.fail('a finished run ran'))
-  assert experiments.main(suite('extrapolation'), argv) == 0
+  assert runner.main(suite('extrapolation'), argv) == 0
   assert 'skipped (already finished: alibi, rope)' in capsys.readouterr().out
 
 
@@ -79,7 +79,7 @@ def test_rerun_resumes_unfinished_runs(finished, tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(launchers, 'execute', lambda cmd, run_dir: ran.append(run_dir) or {
       'status': 'finished', 'reason': '', 'log': '', 'command': cmd, 'seconds': 0.0})
   argv = [a.replace(d, copy) for a in argv]
-  assert experiments.main(suite('extrapolation'), argv) == 0
+  assert runner.main(suite('extrapolation'), argv) == 0
   assert sorted(os.path.basename(r) for r in ran) == ['alibi', 'rope']
   assert 'summary: 2 finished, 0 failed, 0 skipped' in capsys.readouterr().out
 
@@ -87,19 +87,20 @@ def test_rerun_resumes_unfinished_runs(finished, tmp_path, monkeypatch, capsys):
 def test_workdir_with_other_settings_is_refused(finished, capsys):
   d, argv, _ = finished
   other = [a for a in argv if a != '--config.seq_len=16'] + ['--config.seq_len=32']
-  assert experiments.main(suite('extrapolation'), other) == 2
+  assert runner.main(suite('extrapolation'), other) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and err.startswith('error: --workdir:')
   assert "seq_len" in err and '--scale=paper' not in err
-  assert experiments.main(suite('extrapolation'), argv + ['--scale=paper']) == 2
+  assert runner.main(suite('extrapolation'), argv + ['--scale=paper']) == 2
   assert "scale ('local' -> 'paper')" in capsys.readouterr().err
 
 
 def test_evaluate_a_trained_run_under_another_scaling(finished, tmp_path):
   """posjax.evaluate: the rope run's params with a yarn scaling, no training."""
-  from posjax import checkpoint, config_lib, evaluate
+  from posjax import config_lib, evaluate
+  from posjax.workdir import run_config
   source = os.path.join(finished[0], 'rope')
-  config = checkpoint.load_config(source)
+  config = run_config.load_config(source)
   config_lib.apply_overrides(config, {'model.posenc_args.scaling.type': 'yarn',
                                       'model.posenc_args.scaling.factor': '2',
                                       'model.posenc_args.scaling.original_max_position': '16'})
@@ -115,7 +116,7 @@ def test_failed_run_gives_its_error_line_and_log(tmp_path, corpus, capsys):
   d = str(tmp_path / 's')
   argv = ['x', f'--workdir={d}', '--only=alibi', f'--config.data.path={corpus}', *TINY,
           '--config.learning_rate=-1']
-  assert experiments.main(suite('extrapolation'), argv) == 1
+  assert runner.main(suite('extrapolation'), argv) == 1
   out = capsys.readouterr().out
   line = next(l for l in out.splitlines() if l.startswith('  failed alibi:'))
   assert 'error: learning_rate: got -1' in line and os.path.join(d, 'alibi', 'log.txt') in line
@@ -128,7 +129,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
                       (['x', f'--workdir={tmp_path}', '--config.nope=1'], '--config.nope'),
                       (['x', f'--workdir={tmp_path}', '--only=nope*'], '--only'),
                       (['x', f'--workdir={tmp_path}', '--launcher=ssh'], 'flags')):
-    assert experiments.main(ext, argv) == 2
+    assert runner.main(ext, argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f'error: {field}') and len(err.splitlines()) == 1
   assert not os.listdir(tmp_path)
@@ -137,7 +138,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
 def test_print_launcher_and_only_with_bases(tmp_path, capsys):
   """--only adds the runs a selected run starts from; print writes commands only."""
   argv = ['x', f'--workdir={tmp_path}', '--only=yarn-4x-*', '--launcher=print']
-  assert experiments.main(suite('rope_scaling'), argv) == 0
+  assert runner.main(suite('rope_scaling'), argv) == 0
   lines = capsys.readouterr().out.splitlines()
   assert [l.split('--workdir=')[1].split()[0] for l in lines] == [
       str(tmp_path / n) for n in ('rope', 'yarn-4x-zeroshot', 'yarn-4x-finetune')]
@@ -149,11 +150,11 @@ def test_print_launcher_and_only_with_bases(tmp_path, capsys):
 
 def test_requirements_stop_before_any_run(tmp_path, capsys):
   argv = ['x', f'--workdir={tmp_path / "s"}', '--scale=paper']
-  assert experiments.main(suite('length_generalization'), argv) == 2
+  assert runner.main(suite('length_generalization'), argv) == 2
   err = capsys.readouterr().err
   assert 'python -m posjax.data.build reverse_string --data_dir=DATA --size=full' in err
   assert not os.path.exists(tmp_path / 's')
-  assert experiments.main(suite('lra'), argv + [f'--config.data.data_dir={tmp_path}',
+  assert runner.main(suite('lra'), argv + [f'--config.data.data_dir={tmp_path}',
                                                 '--only=text-*']) == 2
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 2 and 'aclImdb_v1.tar.gz' in lines[1]
@@ -164,7 +165,7 @@ def test_every_suite_plans_at_both_scales(tmp_path):
     s = suite(name)
     for scale in ('local', 'paper'):
       runs = s.runs(scale)
-      jobs = experiments.plan(runs, str(tmp_path), {})
+      jobs = runner.plan(runs, str(tmp_path), {})
       assert not [j.error for j in jobs if j.error], (name, scale)
       assert len({r.name for r in runs}) == len(runs)
   assert len(suite('extrapolation').runs('local')) >= 15
@@ -172,8 +173,8 @@ def test_every_suite_plans_at_both_scales(tmp_path):
 
 def test_submitit_local_executor(tmp_path):
   """The slurm launcher's job array through submitit's local executor."""
-  job = lambda name, code: experiments.Job(
-      experiments.Run(name, 'configs/lm.py'), str(tmp_path / name),
+  job = lambda name, code: runner.Job(
+      runner.Run(name, 'configs/lm.py'), str(tmp_path / name),
       ['python', '-c', f'import sys; print("error: x: {name}"); sys.exit({code})'], total=1)
   jobs = [job('good', 0), job('bad', 3)]
   executor = launchers.slurm_executor(str(tmp_path / 'slurm'), 'local', timeout_min=5,
@@ -185,7 +186,7 @@ def test_submitit_local_executor(tmp_path):
 
 
 def _record(name, status='finished', **final):
-  from posjax import report
+  from posjax.suites import report
   return report.RunRecord(name, status, '', None, final, {})
 
 

@@ -1,4 +1,4 @@
-"""posjax.models.flash: equal to dense in values and gradients; empty tiles skipped."""
+"""posjax.models.kernels.flash: equal to dense in values and gradients; empty tiles skipped."""
 import functools
 import re
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from posjax import encodings, models
-from posjax.models import flash
+from posjax.models.kernels import blocks
 
 from test_models import _cfg, _params, _supports  # noqa: F401 (shared generic params)
 
@@ -75,19 +75,19 @@ def test_flash_equals_dense_bidirectional():
 
 
 def test_causal_tiles_above_the_diagonal_are_not_visited():
-  tiles = flash._Tiles(bq=4, bk=4, nq=3, nk=3, causal=True)
+  tiles = blocks.Tiles(bq=4, bk=4, nq=3, nk=3, causal=True)
   qidx = jnp.arange(12).reshape(3, 1, 4)
   assert [int(tiles.num_key_tiles(qidx[i])) for i in range(3)] == [1, 2, 3]
   assert int(tiles.num_key_tiles(jnp.full((1, 4), -1))) == 0  # Padding rows only.
-  assert flash._Tiles(4, 4, 3, 3, causal=False).num_key_tiles(qidx[0]) == 3
+  assert blocks.Tiles(4, 4, 3, 3, causal=False).num_key_tiles(qidx[0]) == 3
 
 
 def test_tiles_of_other_segments_are_skipped():
   q_seg = jnp.asarray([[1, 1, 2, 2]])
-  assert bool(flash.nonempty(q_seg, jnp.asarray([[2, 3, 3, 3]]), jnp.arange(4)[None]))
-  assert not bool(flash.nonempty(q_seg, jnp.asarray([[3, 3, 4, 4]]), jnp.arange(4)[None]))
+  assert bool(blocks.nonempty(q_seg, jnp.asarray([[2, 3, 3, 3]]), jnp.arange(4)[None]))
+  assert not bool(blocks.nonempty(q_seg, jnp.asarray([[3, 3, 4, 4]]), jnp.arange(4)[None]))
   # Keys of the query's segment that are padding / empty cache slots do not count.
-  assert not bool(flash.nonempty(q_seg, jnp.asarray([[1, 1, 3, 3]]),
+  assert not bool(blocks.nonempty(q_seg, jnp.asarray([[1, 1, 3, 3]]),
                                   jnp.asarray([[-1, -1, 2, 3]])))
 
 

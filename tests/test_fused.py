@@ -1,4 +1,4 @@
-"""posjax.models.fused: the cuDNN and splash wrappers equal dense attention (on
+"""posjax.models.kernels.vendor: the cuDNN and splash wrappers equal dense attention (on
 CPU: cuDNN as implementation='xla', splash in Pallas interpret mode); impossible
 choices are one-line config errors; ``auto`` picks per platform and encoding."""
 import jax
@@ -6,8 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from posjax import models, sharding, validation
-from posjax.models import attention, fused
+from posjax import models
+from posjax.models import attention
+from posjax.models.kernels import blockwise, vendor
+from posjax.training import sharding, validation
 
 from test_models import _cfg, _params
 
@@ -30,7 +32,7 @@ def _dense(q, k, v, seg, causal):
   idx = jnp.broadcast_to(jnp.arange(q.shape[1]), seg.shape)
   pos = idx
   enc = _cfg('none').make_encoding()
-  return attention.attend(enc, q, k, v, pos, pos, idx, idx, seg, seg, causal=causal,
+  return blockwise.attend(enc, q, k, v, pos, pos, idx, idx, seg, seg, causal=causal,
                           block_size=None, scale=K ** -0.5)[0]
 
 
@@ -44,13 +46,13 @@ def _check(kernel, length, causal, **kw):
   q, k, v = _qkv(length)
   seg = _segments(length)
   valid = np.asarray(seg > 0)[..., None, None]  # Padding rows: any output.
-  got = fused.attend(kernel, q, k, v, seg, seg, causal=causal, scale=K ** -0.5, **kw)
+  got = vendor.attend(kernel, q, k, v, seg, seg, causal=causal, scale=K ** -0.5, **kw)
   np.testing.assert_allclose(np.where(valid, got, 0), np.where(valid, _dense(q, k, v, seg,
                                                                                causal), 0),
                              rtol=2e-5, atol=2e-5)
   mask = jnp.asarray(valid, jnp.float32)
   want = _value_and_grads(lambda *a: _dense(*a, seg, causal) * mask, q, k, v)
-  have = _value_and_grads(lambda *a: fused.attend(kernel, *a, seg, seg, causal=causal,
+  have = _value_and_grads(lambda *a: vendor.attend(kernel, *a, seg, seg, causal=causal,
                                                   scale=K ** -0.5, **kw) * mask, q, k, v)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4), want, have)
 
@@ -77,7 +79,7 @@ def test_splash_runs_per_shard_under_a_mesh(monkeypatch):
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 1, 'tensor': 2}, jax.devices()[:4])
   rules = (('batch', ('data', 'fsdp')), ('heads', 'tensor'))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    got = jax.jit(lambda *a: fused.splash_attend(*a, causal=True, scale=K ** -0.5))(
+    got = jax.jit(lambda *a: vendor.splash_attend(*a, causal=True, scale=K ** -0.5))(
         q, k, v, seg, seg)
   valid = np.asarray(seg > 0)[..., None, None]
   np.testing.assert_allclose(np.where(valid, got, 0),
@@ -116,14 +118,14 @@ def test_impossible_kernel_choices_are_one_line_errors(monkeypatch):
 
 def test_auto_picks_the_platform_kernel_where_it_serves(monkeypatch):
   monkeypatch.setenv('POSJAX_EMULATE_KERNELS', '1')
-  monkeypatch.setattr(fused, 'for_platform', lambda: 'cudnn')
+  monkeypatch.setattr(vendor, 'for_platform', lambda: 'cudnn')
   rope = _cfg('rope', dtype='bfloat16')
   assert attention.choose(rope, 4096, 4096) == 'cudnn'
   assert attention.choose(rope, 1, 4096) == 'flash'  # Decoding.
   assert attention.choose(_cfg('alibi', dtype='bfloat16'), 4096, 4096) == 'flash'
   assert attention.choose(_cfg('rope'), 64, 64) == 'dense'  # float32: not cuDNN.
   assert attention.choose(rope.replace(attention='cudnn'), 1, 64) == 'dense'
-  monkeypatch.setattr(fused, 'for_platform', lambda: 'splash')
+  monkeypatch.setattr(vendor, 'for_platform', lambda: 'splash')
   assert attention.choose(_cfg('none'), 512, 512) == 'splash'
   assert attention.choose(_cfg('none'), 500, 500) == 'dense'
 
@@ -157,8 +159,8 @@ def test_pallas_kernels_with_in_kernel_bias_equal_dense(posenc, grid, monkeypatc
   tiles of 4, in Pallas interpret mode: inner tiles in a loop (Triton) and as the
   last grid axis with VMEM scratch (Mosaic)."""
   from test_flash import _close, _loss_and_grads
-  from posjax.models import flash_pallas
-  monkeypatch.setattr(flash_pallas, 'GRID', grid)
+  from posjax.models.kernels import pallas_tiles
+  monkeypatch.setattr(pallas_tiles, 'GRID', grid)
   monkeypatch.setenv('POSJAX_EMULATE_KERNELS', '1')
   cfg = _cfg(posenc, num_layers=1, block_size=4)
   validation._check_attention(cfg.replace(attention='pallas'))
@@ -177,8 +179,8 @@ def test_pallas_kernels_with_in_kernel_bias_equal_dense(posenc, grid, monkeypatc
 def test_pallas_kernels_equal_dense_bidirectional(grid, monkeypatch):
   """An encoder (T5's two-sided buckets), packed segments, 10 tokens in tiles of 4."""
   from test_flash import _close
-  from posjax.models import flash_pallas
-  monkeypatch.setattr(flash_pallas, 'GRID', grid)
+  from posjax.models.kernels import pallas_tiles
+  monkeypatch.setattr(pallas_tiles, 'GRID', grid)
   monkeypatch.setenv('POSJAX_EMULATE_KERNELS', '1')
   cfg = _cfg('t5', kind='encoder_classifier', num_layers=1, block_size=4)
   tokens = jax.random.randint(jax.random.key(4), (2, 10), 4, 40)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from posjax import encodings, models
-from posjax.models import flash_pallas
+from posjax.models.kernels import pallas_tiles
 
 IN_KERNEL = ['none'] + [n for n in encodings.names() if encodings.get(n).bias_in_kernel]
 TRITON = 'xla.gpu.triton'
@@ -37,13 +37,13 @@ def _lowered(posenc: str, attention: str, platform: str) -> str:
 
 @pytest.mark.parametrize('posenc', IN_KERNEL)
 def test_pallas_kernels_lower_to_triton(posenc, monkeypatch):
-  monkeypatch.setattr(flash_pallas, 'PLATFORM', 'gpu')
+  monkeypatch.setattr(pallas_tiles, 'PLATFORM', 'gpu')
   assert _lowered(posenc, 'pallas', 'cuda').count(TRITON) >= 3  # Forward, dq, dk/dv.
 
 
 @pytest.mark.parametrize('posenc', IN_KERNEL)
 def test_pallas_kernels_lower_to_mosaic(posenc, monkeypatch, tpu_facts):
-  monkeypatch.setattr(flash_pallas, 'PLATFORM', 'tpu')
+  monkeypatch.setattr(pallas_tiles, 'PLATFORM', 'tpu')
   assert _lowered(posenc, 'pallas', 'tpu').count('tpu_custom_call') >= 3
 
 

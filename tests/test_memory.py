@@ -4,7 +4,8 @@ allocation failure at run time."""
 import jax
 import pytest
 
-from posjax import main, memory, trainer
+from posjax import main
+from posjax.training import memory, steps
 
 from test_train import tiny_config
 
@@ -13,8 +14,8 @@ def test_a_step_that_cannot_fit_is_refused_before_it_runs(corpus, tmp_path, caps
                                                           monkeypatch):
   monkeypatch.setattr(memory, 'available_bytes', lambda device: 2 ** 10)
   ran = []
-  real = trainer.Trainer.evaluate
-  monkeypatch.setattr(trainer.Trainer, 'evaluate', lambda *a: ran.append(1) or real(*a))
+  real = steps.Trainer.evaluate
+  monkeypatch.setattr(steps.Trainer, 'evaluate', lambda *a: ran.append(1) or real(*a))
   with pytest.raises(SystemExit) as e:
     main.run_job(tiny_config(corpus), str(tmp_path / 'run'))
   err = capsys.readouterr().err.splitlines()[-1]  # Earlier lines: the corpus build.

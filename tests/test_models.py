@@ -203,7 +203,7 @@ def test_randomized_positions_drawn_whenever_a_positions_rng_is_given():
 
 
 def test_eval_step_draws_randomized_positions_fixed_by_batch_index():
-  from posjax import trainer
+  from posjax.training import steps
 
   class Task:
     model_inputs = staticmethod(lambda b: ((b['inputs'],), {}))
@@ -212,7 +212,7 @@ def test_eval_step_draws_randomized_positions_fixed_by_batch_index():
   cfg = _cfg('alibi', randomized_positions=True, max_random_position=64)
   tokens = _tokens()
   model, params = _init(cfg, tokens)
-  step = lambda i: trainer.eval_step(params, {'inputs': tokens}, i, model=model,  # noqa: E731
+  step = lambda i: steps.eval_step(params, {'inputs': tokens}, i, model=model,  # noqa: E731
                                      task=Task, seed=0)['logits']
   np.testing.assert_array_equal(step(3), step(3))
   assert not np.allclose(step(3), step(4), atol=1e-4)

@@ -20,8 +20,9 @@ import jax
 import numpy as np
 import pytest
 
-from posjax import checkpoint, distributed, train
-from posjax.trainer import Trainer
+from posjax.training import distributed, loop
+from posjax.training.steps import Trainer
+from posjax.workdir import checkpoints, restore, run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -77,7 +78,7 @@ def _finish(procs) -> list[tuple[int, str]]:
 
 
 def _steps(workdir) -> list[int]:
-  return sorted(int(s) for s in os.listdir(checkpoint.checkpoint_dir(workdir)) if s.isdigit())
+  return sorted(int(s) for s in os.listdir(checkpoints.checkpoint_dir(workdir)) if s.isdigit())
 
 
 @pytest.fixture(scope='module')
@@ -93,7 +94,7 @@ def preempted(corpus, jit_cache, tmp_path_factory):
   (config.json written), which is before or during its first steps."""
   workdir = str(tmp_path_factory.mktemp('multihost') / 'run')
   procs = _launch(corpus, workdir, jit_cache)
-  config_json = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  config_json = os.path.join(workdir, run_config.CONFIG_FILE)
   deadline = time.monotonic() + TIMEOUT
   # Process 0 writes config.json after jax.distributed is up on both processes.
   while not os.path.exists(config_json) and time.monotonic() < deadline:
@@ -133,7 +134,7 @@ def _config(corpus):
 def _single_process_params(corpus, tmp_path):
   """STEPS steps on this process's 8 devices, each global batch made of the two
   processes' shards (process 0's rows first, as in the 2-process mesh)."""
-  config, mcfg, task = train.prepare(_config(corpus), str(tmp_path / 'reference'))
+  config, mcfg, task = loop.prepare(_config(corpus), str(tmp_path / 'reference'))
   trainer = Trainer(config, mcfg, task)
   shards = [task.train_iterator(p, 2) for p in range(2)]
   state = trainer.init_state()
@@ -152,7 +153,7 @@ def test_resumed_two_process_run_matches_one_process(preempted, corpus, jit_cach
   for i, (code, err) in enumerate(rerun):
     assert code == 0, f'process {i} exited {code}:\n{err[-3000:]}'
   assert f'resumed from step {stopped}' in rerun[0][1]
-  got = checkpoint.load_for_analysis(workdir)
+  got = restore.load_for_analysis(workdir)
   assert got.step == STEPS
   want = _single_process_params(corpus, tmp_path)
   assert jax.tree.structure(got.params) == jax.tree.structure(want)

@@ -19,11 +19,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from posjax import checkpoint, main, models, tasks, train
-from posjax.trainer import Trainer
+from posjax import main, models, tasks
+from posjax.training import loop
+from posjax.training.steps import Trainer
+from posjax.workdir import checkpoints, restore, run_config
 
 from posjax.encodings import registry
-from posjax.models import attention
+from posjax.models.kernels import blockwise
 
 from test_train import ROOT, tiny_config
 
@@ -56,12 +58,12 @@ def same_params(a, b):
 
 
 def steps(workdir):
-  d = checkpoint.checkpoint_dir(workdir)
+  d = checkpoints.checkpoint_dir(workdir)
   return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
 def tmp_dirs(workdir):
-  return [s for s in os.listdir(checkpoint.checkpoint_dir(workdir)) if 'orbax-checkpoint-tmp' in s]
+  return [s for s in os.listdir(checkpoints.checkpoint_dir(workdir)) if 'orbax-checkpoint-tmp' in s]
 
 
 # ---------------------------------------------------------------------------
@@ -87,8 +89,8 @@ def test_interrupted_runs_reach_the_uninterrupted_params(corpus, tmp_path, caplo
     f.write(CONFIG_FILE.format(test_train=os.path.join(ROOT, 'tests', 'test_train.py'),
                                corpus=corpus, overrides=CRASH))
   cfg, reference = config_file(path), str(tmp_path / 'uninterrupted')
-  train.train_and_evaluate(cfg, reference)
-  params = checkpoint.load_for_analysis(reference).params
+  loop.train_and_evaluate(cfg, reference)
+  params = restore.load_for_analysis(reference).params
   assert steps(reference) == [N - 2, N - 1, N]
 
   # kill -9 once the first checkpoint exists, then the same command again.
@@ -107,24 +109,24 @@ def test_interrupted_runs_reach_the_uninterrupted_params(corpus, tmp_path, caplo
   rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr
   assert 1 <= int(rerun.stderr.split('resumed from step ')[1].split()[0]) < N, rerun.stderr
-  result = checkpoint.load_for_analysis(killed)
+  result = restore.load_for_analysis(killed)
   assert result.step == N and not tmp_dirs(killed)
-  assert result.config == checkpoint.load_config(reference)  # The same experiment.
+  assert result.config == run_config.load_config(reference)  # The same experiment.
   same_params(result.params, params)
 
   # Step N truncated, step N + 1 a partial save: resumes from N - 1 with a warning.
   damaged = str(tmp_path / 'damaged')
   shutil.copytree(reference, damaged)
-  ckpts = checkpoint.checkpoint_dir(damaged)
+  ckpts = checkpoints.checkpoint_dir(damaged)
   _truncate_arrays(os.path.join(ckpts, str(N)))
   partial = os.path.join(ckpts, f'{N + 1}.orbax-checkpoint-tmp-1234567890')
   shutil.copytree(os.path.join(ckpts, str(N - 1)), partial)
   shutil.rmtree(os.path.join(partial, 'params'))
   with caplog.at_level(logging.WARNING):
-    train.train_and_evaluate(cfg, damaged)
+    loop.train_and_evaluate(cfg, damaged)
   assert any(r.getMessage().startswith(f'checkpoint step {N} in ') for r in caplog.records)
   assert not tmp_dirs(damaged) and steps(damaged) == [N - 2, N - 1, N]
-  same_params(checkpoint.load_for_analysis(damaged).params, params)
+  same_params(restore.load_for_analysis(damaged).params, params)
 
 
 @pytest.fixture(scope='module')
@@ -134,10 +136,10 @@ def saved(corpus, tmp_path_factory):
   cfg = tiny_config(corpus, mesh={'data': 1, 'fsdp': 1, 'tensor': 1})
   trainer = Trainer(cfg, devices=jax.devices()[:1])
   workdir = str(tmp_path_factory.mktemp('saved'))
-  checkpoint.save_config(workdir, cfg)
-  mngr, state = checkpoint.manager(workdir, cfg), trainer.init_state()
+  run_config.save_config(workdir, cfg)
+  mngr, state = checkpoints.manager(workdir, cfg), trainer.init_state()
   for s in (N - 2, N - 1, N):
-    checkpoint.save(mngr, s, dict(state, step=jnp.int32(s)), tasks.for_config(cfg).train_iterator(),
+    checkpoints.save(mngr, s, dict(state, step=jnp.int32(s)), tasks.for_config(cfg).train_iterator(),
                     cfg)
   mngr.close()
   return cfg, trainer, workdir
@@ -157,19 +159,19 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(saved, tmp_path,
   cfg, trainer, reference = saved
   workdir = str(tmp_path / 'run')
   shutil.copytree(reference, workdir)
-  DAMAGE[damage](os.path.join(checkpoint.checkpoint_dir(workdir), str(N)))
+  DAMAGE[damage](os.path.join(checkpoints.checkpoint_dir(workdir), str(N)))
 
   with caplog.at_level(logging.WARNING):  # Analysis reads only params.
-    assert checkpoint.load_for_analysis(workdir).step == N - (damage != 'missing_item')
-    mngr = checkpoint.manager(workdir, cfg)
-    state, step = checkpoint.restore(mngr, trainer.abstract_state, tasks.for_config(cfg).train_iterator())
+    assert restore.load_for_analysis(workdir).step == N - (damage != 'missing_item')
+    mngr = checkpoints.manager(workdir, cfg)
+    state, step = checkpoints.restore(mngr, trainer.abstract_state, tasks.for_config(cfg).train_iterator())
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert step == N - 1 and int(state['step']) == N - 1
   assert any(w.startswith(f'checkpoint step {N} in ') and 'unreadable' in w
              and '\n' not in w for w in warnings), warnings
   # Set aside, so that the resumed run can save step N again.
   assert mngr.all_steps() == [N - 2, N - 1] and steps(workdir) == [N - 2, N - 1]
-  assert os.listdir(os.path.join(workdir, checkpoint.UNREADABLE_DIR)) == [str(N)]
+  assert os.listdir(os.path.join(workdir, checkpoints.UNREADABLE_DIR)) == [str(N)]
   mngr.close()
 
 
@@ -177,10 +179,10 @@ def test_no_readable_checkpoint_is_a_one_line_error(saved, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(saved[2], workdir)
   for s in steps(workdir):
-    _truncate_arrays(os.path.join(checkpoint.checkpoint_dir(workdir), str(s)))
-  with pytest.raises(checkpoint.UnreadableCheckpointError,
+    _truncate_arrays(os.path.join(checkpoints.checkpoint_dir(workdir), str(s)))
+  with pytest.raises(checkpoints.UnreadableCheckpointError,
                      match=rf'^checkpoints: no step of \[{N - 2}, {N - 1}, {N}\] .*; allowed: '):
-    checkpoint.load_for_analysis(workdir)
+    restore.load_for_analysis(workdir)
   assert steps(workdir) == [N - 2, N - 1, N]  # Nothing moved when nothing restores.
 
 
@@ -269,7 +271,7 @@ def test_eval_length_longer_than_every_document_is_refused_before_writing(corpus
 def test_incompatible_workdir_is_refused_naming_fields(corpus, tmp_path, capsys):
   workdir = tmp_path / 'run'
   os.makedirs(workdir / 'checkpoints' / '3')
-  checkpoint.save_config(str(workdir), tiny_config(corpus, **{'model.posenc': 'alibi'}))
+  run_config.save_config(str(workdir), tiny_config(corpus, **{'model.posenc': 'alibi'}))
   before = {p: os.path.getmtime(p) for p in workdir.rglob('*')}
   err = _assert_refused(capsys, str(workdir), tiny_config(corpus), 'workdir')
   assert "differing fields: model.posenc ('alibi' -> 'rope')" in err, err
@@ -369,7 +371,7 @@ def test_long_distance_bias_softmax_stays_finite_and_attends(posenc, attention_p
 
   def run(variables, q, k):
     e = enc.bind(variables)
-    out, _ = attention.attend(e, q, k, v, pos, pos, idx, idx, seg, seg, causal=True,
+    out, _ = blockwise.attend(e, q, k, v, pos, pos, idx, idx, seg, seg, causal=True,
                               block_size=block, scale=K ** -0.5)
     return out, e.bias(q, k, pos, pos, None, None)[0]
 

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from posjax import report, workdir
+from posjax.analysis import charts
+from posjax.suites import report
+from posjax.workdir import lock as workdir_lock
 
 PNG = b'\x89PNG\r\n\x1a\n'
 RUNS = ['rope', 'alibi', 'nope', 't5', 'fire']
@@ -47,7 +49,7 @@ def suite(tmp_path):
   _write_run(tmp_path / 't5', [], status={'status': 'running', 'reason': ''})
   (tmp_path / 'suite.json').write_text(json.dumps(
       {'suite': 'test', 'scale': 'local', 'overrides': {}, 'runs': RUNS}))
-  lock = workdir.Lock(str(tmp_path / 't5')).acquire()  # t5's process is alive.
+  lock = workdir_lock.Lock(str(tmp_path / 't5')).acquire()  # t5's process is alive.
   yield tmp_path
   lock.release()
 
@@ -55,7 +57,7 @@ def suite(tmp_path):
 def test_a_running_run_whose_lock_nobody_holds_was_interrupted(tmp_path):
   _write_run(tmp_path / 'rope', [_train(100, 2.0)],
              status={'status': 'running', 'reason': ''})
-  (tmp_path / 'rope' / workdir.LOCK_FILE).write_text('process 1 on gone since then')
+  (tmp_path / 'rope' / workdir_lock.LOCK_FILE).write_text('process 1 on gone since then')
   record = report.load_run(str(tmp_path / 'rope'))
   assert (record.status, record.reason) == ('interrupted', 'stopped at step 100 of 200')
 
@@ -186,7 +188,7 @@ def test_write_csv_is_one_long_table(suite, tmp_path):
 def test_plot_lines_draws_a_labelled_line_per_run_missing_included(suite, tmp_path):
   records = report.load_suite(str(suite))
   path = tmp_path / 'plots' / 'ppl.png'
-  fig = report.plot_lines(report.series(records, _ppl), xlabel='length',
+  fig = charts.plot_lines(report.series(records, _ppl), xlabel='length',
                           ylabel='perplexity', title='t', logx=True, path=str(path),
                           marks={'rope': 's--'})
   assert path.read_bytes()[:8] == PNG and path.stat().st_size > 1000
@@ -200,7 +202,7 @@ def test_plot_lines_draws_a_labelled_line_per_run_missing_included(suite, tmp_pa
 def test_plot_heatmap_writes_numbers_and_statuses(suite, tmp_path):
   table = report.pivot(report.load_suite(str(suite)), row=lambda r: r.name, value=_ppl)
   path = tmp_path / 'heat.png'
-  fig = report.plot_heatmap(table, title='t', path=str(path), fmt='{:.1f}')
+  fig = charts.plot_heatmap(table, title='t', path=str(path), fmt='{:.1f}')
   assert path.read_bytes()[:8] == PNG
   texts = [t.get_text() for t in fig.axes[0].texts]
   assert texts == ['5.1', '7.2', 'interrupted', 'interrupted', 'failed', 'failed',
@@ -208,7 +210,7 @@ def test_plot_heatmap_writes_numbers_and_statuses(suite, tmp_path):
 
 
 def test_import_is_light():
-  code = ('import sys, posjax.report; '
+  code = ('import sys, posjax.suites.report; '
           'print(sorted(m for m in ("jax", "flax", "optax", "matplotlib") '
           'if m in sys.modules))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

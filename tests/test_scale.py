@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from posjax import encodings, models, sharding
+from posjax import encodings, models
 from posjax.models import transformer
+from posjax.training import sharding
 
 
 def _cfg(posenc='rope', **kw):

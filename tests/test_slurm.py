@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from posjax import experiments, launchers
+from posjax.suites import launchers, runner
 
 from test_experiments import TINY, suite
 
@@ -94,7 +94,7 @@ def test_suite_runs_as_a_slurm_job_array(cluster, corpus, tmp_path, capsys):
   argv = ['x', f'--workdir={d}', '--only=alibi,rope', '--launcher=slurm',
           '--slurm_gpus_per_node=0', '--slurm_cpus_per_task=1', '--slurm_time_min=20',
           f'--config.data.path={corpus}', *TINY]
-  assert experiments.main(suite('extrapolation'), argv) == 0
+  assert runner.main(suite('extrapolation'), argv) == 0
   out = capsys.readouterr().out
   assert 'summary: 2 finished, 0 failed' in out
   for name in ('alibi', 'rope'):
@@ -104,13 +104,13 @@ def test_suite_runs_as_a_slurm_job_array(cluster, corpus, tmp_path, capsys):
   jobs = os.listdir(os.path.join(d, 'slurm'))
   assert any('_0_' in f and f.endswith('.out') for f in jobs), jobs  # An array task's log.
   assert '| alibi |' in open(os.path.join(d, 'results.md')).read()
-  assert experiments.main(suite('extrapolation'), argv) == 0  # Nothing left to submit.
+  assert runner.main(suite('extrapolation'), argv) == 0  # Nothing left to submit.
   assert 'skipped (already finished: alibi, rope)' in capsys.readouterr().out
 
 
 
 def _job(tmp_path, name: str, code: str):
-  return experiments.Job(experiments.Run(name, 'configs/lm.py'), str(tmp_path / name),
+  return runner.Job(runner.Run(name, 'configs/lm.py'), str(tmp_path / name),
                          ['python', '-c', code], total=1)
 
 

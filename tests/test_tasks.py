@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from posjax import checkpoint, main, tasks
+from posjax import main, tasks
 from posjax.data import builders
+from posjax.workdir import restore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +43,7 @@ def test_listops_classification_trains(data_dir, tmp_path, capsys):
   out, metrics = _run(c, tmp_path / 'run', capsys)
   assert 'eval/accuracy@validation' in out
   assert 0 <= metrics['eval/accuracy@validation'] <= 1 and metrics['train/loss'] < 10
-  restored = checkpoint.load_for_analysis(str(tmp_path / 'run'))
+  restored = restore.load_for_analysis(str(tmp_path / 'run'))
   assert restored.step == 4 and 'head' in restored.params and restored.config.task == 'classification'
 
 
@@ -114,7 +115,7 @@ def test_retrieval_matching_trains(tmp_path, capsys):
   c.seq_len = c.model.max_len = 32
   out, metrics = _run(c, tmp_path / 'run', capsys)
   assert 'eval/accuracy@validation' in out and metrics['train/loss'] < 10
-  restored = checkpoint.load_for_analysis(str(tmp_path / 'run'))
+  restored = restore.load_for_analysis(str(tmp_path / 'run'))
   assert restored.config.task == 'matching' and 'head' in restored.params
 
 
@@ -125,7 +126,8 @@ def test_retrieval_matching_trains(tmp_path, capsys):
 def test_every_config_is_consistent(name, arg):
   """Model kind matches the task, the model config parses, the schedule is valid,
   and sweep() names registered encodings."""
-  from posjax import encodings, models, optim, tasks
+  from posjax import encodings, models, tasks
+  from posjax.training import optim
   c = config(name, arg)
   mcfg = models.ModelConfig.from_config(c.model)
   assert mcfg.kind == tasks.for_config(c).model_kind
@@ -169,8 +171,8 @@ class _Copy(tasks.Task):
 def test_a_new_task_is_one_class_and_one_registry_entry(corpus, tmp_path, monkeypatch):
   """The trainer, validation and checkpointing run a task they have never seen,
   validating once and opening no data source of their own."""
-  from posjax import train, validation
   from posjax.data import inputs
+  from posjax.training import validation
   monkeypatch.setitem(tasks._REGISTRY, _Copy.name, _Copy)
   calls = {'validate': 0, 'source': 0}
   real_validate, real_source = validation.validate, inputs.builder
@@ -190,7 +192,7 @@ def test_a_new_task_is_one_class_and_one_registry_entry(corpus, tmp_path, monkey
   rows = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
   assert 'eval/accuracy@copy' in rows[-1] and 'eval/perplexity@copy' not in rows[-1]
   assert calls == {'validate': 1, 'source': 0}
-  assert checkpoint.load_for_analysis(str(tmp_path / 'run')).step == 2
+  assert restore.load_for_analysis(str(tmp_path / 'run')).step == 2
 
 
 def test_the_lm_task_opens_its_corpus_once(corpus, tmp_path, monkeypatch):

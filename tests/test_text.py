@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from posjax import tasks
-from posjax.data import build, builders, inputs, pipelines, prepared, text
+from posjax.data import build, builders, inputs, lm_pipelines, prepared, text
 
 
 def _documents(corpus):
@@ -74,7 +74,7 @@ def test_local_text_cache_rebuilds_only_when_files_change(tmp_path, monkeypatch)
 def test_lm_batches_pack_windows_of_documents_and_resume(corpus, built):
   _, src = built
   docs = list(_documents(corpus).values())
-  it = pipelines.lm_train(src['train'], tokenize=_tokenize, seq_len=32, batch_size=4, seed=0,
+  it = lm_pipelines.lm_train(src['train'], tokenize=_tokenize, seq_len=32, batch_size=4, seed=0,
                           shuffle_window=8)
   b = next(it)
   seg, pos, x, y = b['segment_ids'], b['positions'], b['inputs'], b['targets']
@@ -102,7 +102,7 @@ def test_lm_process_shards_split_each_epoch_into_disjoint_documents(built):
   n = len(src['train'])
   def epoch_documents(p):
     """The opening bytes of the first documents process p reads: its share of epoch 0."""
-    it = pipelines.lm_train(src['train'], tokenize=_tokenize, seq_len=4096, batch_size=1,
+    it = lm_pipelines.lm_train(src['train'], tokenize=_tokenize, seq_len=4096, batch_size=1,
                             seed=3, process_index=p, process_count=2, shuffle_window=1)
     want, seen = len(range(p, n, 2)), []
     while len(seen) < want:
@@ -119,32 +119,32 @@ def test_lm_process_shards_split_each_epoch_into_disjoint_documents(built):
 def test_lm_eval_windows_are_fixed_and_split_across_processes(built):
   _, src = built
   kw = dict(tokenize=_tokenize, length=64, num_batches=2)
-  one = pipelines.lm_eval(src['validation'], batch_size=4, **kw)
+  one = lm_pipelines.lm_eval(src['validation'], batch_size=4, **kw)
   assert len(one) == 2 and one[0]['inputs'].shape == (4, 64)
-  again = pipelines.lm_eval(src['validation'], batch_size=4, **kw)
+  again = lm_pipelines.lm_eval(src['validation'], batch_size=4, **kw)
   np.testing.assert_array_equal(one[1]['inputs'], again[1]['inputs'])
   np.testing.assert_array_equal(one[0]['inputs'][:, 1:], one[0]['targets'][:, :-1])
   rows = np.concatenate([b['inputs'] for b in one])
-  halves = [np.concatenate([b['inputs'] for b in pipelines.lm_eval(
+  halves = [np.concatenate([b['inputs'] for b in lm_pipelines.lm_eval(
       src['validation'], batch_size=2, process_index=p, process_count=2, **kw)]) for p in (0, 1)]
   np.testing.assert_array_equal(np.sort(np.concatenate(halves), axis=0), np.sort(rows, axis=0))
   with pytest.raises(ValueError, match='^eval_lengths: '):
-    pipelines.lm_eval(src['validation'], tokenize=_tokenize, length=10**6, batch_size=1,
+    lm_pipelines.lm_eval(src['validation'], tokenize=_tokenize, length=10**6, batch_size=1,
                       num_batches=1)
 
 
 def test_lm_eval_span_scores_the_same_tokens_at_every_length(built):
   _, src = built
   kw = dict(tokenize=_tokenize, batch_size=2, num_batches=2, span=64)
-  longest = pipelines.lm_eval(src['validation'], length=64, **kw)
-  short = pipelines.lm_eval(src['validation'], length=16, **kw)
+  longest = lm_pipelines.lm_eval(src['validation'], length=64, **kw)
+  short = lm_pipelines.lm_eval(src['validation'], length=16, **kw)
   assert short[0]['inputs'].shape == (8, 16)
   for key in ('inputs', 'targets'):  # The same tokens, in 16-token rows.
     np.testing.assert_array_equal(np.concatenate([b[key] for b in short]).reshape(-1),
                                   np.concatenate([b[key] for b in longest]).reshape(-1))
   np.testing.assert_array_equal(short[1]['positions'], np.tile(np.arange(16), (8, 1)))
   with pytest.raises(ValueError, match='^eval_lengths: 24 does not divide'):
-    pipelines.lm_eval(src['validation'], length=24, **kw)
+    lm_pipelines.lm_eval(src['validation'], length=24, **kw)
 
 
 def _lm_config(**data):

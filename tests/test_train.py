@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from posjax import checkpoint, sharding, tasks, train, trainer
+from posjax import tasks
+from posjax.training import loop, sharding, steps, validation
+from posjax.workdir import restore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +71,7 @@ def _expected_spec(names, rules):
 def reference(corpus):
   """Two steps on one device: the batches, the losses and the final params."""
   cfg = tiny_config(corpus, mesh={'data': 1, 'fsdp': 1, 'tensor': 1})
-  one = trainer.Trainer(cfg, devices=jax.devices('cpu')[:1])
+  one = steps.Trainer(cfg, devices=jax.devices('cpu')[:1])
   it = tasks.for_config(cfg).train_iterator()
   batches = [next(it) for _ in range(2)]
   state, losses = one.init_state(), []
@@ -84,11 +86,11 @@ def test_sharded_steps_match_single_device(corpus, reference, shape):
   cpus = jax.devices('cpu')
   assert len(cpus) == 8, 'conftest must fake 8 CPU devices'
   cfg = tiny_config(corpus, mesh=dict(zip(sharding.MESH_AXES, shape)))
-  many = trainer.Trainer(cfg, devices=cpus)
+  many = steps.Trainer(cfg, devices=cpus)
 
   # Parameter shardings follow the rules.
   boxed = jax.eval_shape(
-      lambda r: trainer._boxed_init(many.model, many.tx, many.task, cfg, r), many.rng)['params']
+      lambda r: steps._boxed_init(many.model, many.tx, many.task, cfg, r), many.rng)['params']
   leaves = jax.tree.leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   specs = jax.tree.leaves(many.state_shardings['params'])
   assert len(specs) == len(leaves)
@@ -119,13 +121,13 @@ def test_resume_is_bit_identical_and_loads_for_analysis(corpus, tmp_path):
   cfg = tiny_config(corpus, num_train_steps=4, checkpoint_every_steps=2,
                     eval_every_steps=4)
   a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
-  final = train.train_and_evaluate(cfg, a)
+  final = loop.train_and_evaluate(cfg, a)
   assert np.isfinite(final['eval/loss@32']) and final['step'] == 4
   shutil.copytree(a, b)
   shutil.rmtree(os.path.join(b, 'checkpoints', '4'))
-  train.train_and_evaluate(cfg, b)  # Resumes from step 2.
+  loop.train_and_evaluate(cfg, b)  # Resumes from step 2.
 
-  ra, rb = checkpoint.load_for_analysis(a), checkpoint.load_for_analysis(b)
+  ra, rb = restore.load_for_analysis(a), restore.load_for_analysis(b)
   assert ra.step == rb.step == 4
   for x, y in zip(jax.tree.leaves(ra.params), jax.tree.leaves(rb.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -133,7 +135,7 @@ def test_resume_is_bit_identical_and_loads_for_analysis(corpus, tmp_path):
   assert ra.config.num_train_steps == 4
   cpu = jax.devices('cpu')[0]
   assert all(x.devices() == {cpu} for x in jax.tree.leaves(ra.params))
-  assert checkpoint.load_for_analysis(a, step=2).step == 2
+  assert restore.load_for_analysis(a, step=2).step == 2
   with open(os.path.join(a, 'metrics.jsonl')) as f:
     rows = [json.loads(l) for l in f]
   assert {'train/loss', 'train/accuracy', 'train/perplexity', 'train/bits_per_byte',
@@ -146,12 +148,12 @@ def test_resume_is_bit_identical_and_loads_for_analysis(corpus, tmp_path):
   other.model.posenc, other.model.num_layers = 'alibi', 3
   before = sorted(os.listdir(a)), os.path.getmtime(os.path.join(a, 'config.json'))
   with pytest.raises(ValueError, match=r"workdir: .*model.num_layers \(1 -> 3\), model.posenc \('rope' -> 'alibi'\)"):
-    train.train_and_evaluate(other, a)
+    loop.train_and_evaluate(other, a)
   assert (sorted(os.listdir(a)), os.path.getmtime(os.path.join(a, 'config.json'))) == before
 
 
 def _patch_step(monkeypatch, at_call, action):
-  real = trainer.Trainer.train_step
+  real = steps.Trainer.train_step
   calls = []
   def step(self, state, batch):
     calls.append(1)
@@ -159,7 +161,7 @@ def _patch_step(monkeypatch, at_call, action):
     if len(calls) == at_call:
       metrics = action(metrics)
     return state, metrics
-  monkeypatch.setattr(trainer.Trainer, 'train_step', step)
+  monkeypatch.setattr(steps.Trainer, 'train_step', step)
 
 
 def test_sigterm_checkpoints_and_exits_zero(corpus, tmp_path, monkeypatch):
@@ -169,9 +171,9 @@ def test_sigterm_checkpoints_and_exits_zero(corpus, tmp_path, monkeypatch):
     return metrics
   _patch_step(monkeypatch, 2, sigterm)
   with pytest.raises(SystemExit) as e:
-    train.train_and_evaluate(cfg, str(tmp_path))
+    loop.train_and_evaluate(cfg, str(tmp_path))
   assert e.value.code == 0
-  assert checkpoint.load_for_analysis(str(tmp_path)).step == 2
+  assert restore.load_for_analysis(str(tmp_path)).step == 2
   assert signal.getsignal(signal.SIGTERM) is not None
 
 
@@ -179,7 +181,7 @@ def test_nan_loss_stops_naming_the_step(corpus, tmp_path, monkeypatch):
   cfg = tiny_config(corpus, num_train_steps=4)
   _patch_step(monkeypatch, 3, lambda m: {**m, 'loss': m['loss'] * np.nan})
   with pytest.raises(FloatingPointError, match=r'^step 3: loss is nan'):
-    train.train_and_evaluate(cfg, str(tmp_path))
+    loop.train_and_evaluate(cfg, str(tmp_path))
 
 
 # ---------------------------------------------------------------------------
@@ -193,49 +195,49 @@ def _rows(workdir):
 def test_extended_run_keeps_its_schedule_and_fewer_steps_are_refused(corpus, tmp_path):
   cfg = tiny_config(corpus, num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(cfg, workdir)
+  loop.train_and_evaluate(cfg, workdir)
   assert json.load(open(os.path.join(workdir, 'config.json')))['schedule_steps'] == 4
   longer = tiny_config(corpus, num_train_steps=8, checkpoint_every_steps=2, eval_every_steps=4)
-  train.train_and_evaluate(longer, workdir)
+  loop.train_and_evaluate(longer, workdir)
   lr = {r['step']: r['train/learning_rate'] for r in _rows(workdir) if 'train/learning_rate' in r}
   peak = cfg.learning_rate
   # The cosine over 4 steps ended at 0.1 * peak; the extension continues there
   # (a schedule recomputed over 8 steps would jump back up to ~0.55 * peak).
   assert lr[4] > 0.1 * peak and all(np.isclose(lr[s], 0.1 * peak) for s in (5, 6, 7, 8)), lr
   assert json.load(open(os.path.join(workdir, 'config.json')))['schedule_steps'] == 4
-  assert checkpoint.load_for_analysis(workdir).step == 8
+  assert restore.load_for_analysis(workdir).step == 8
 
   before = os.path.getmtime(os.path.join(workdir, 'config.json'))
-  with pytest.raises(train.ConfigError, match=r'^num_train_steps: got 6; allowed: >= 8'):
-    train.train_and_evaluate(tiny_config(corpus, num_train_steps=6), workdir)
+  with pytest.raises(validation.ConfigError, match=r'^num_train_steps: got 6; allowed: >= 8'):
+    loop.train_and_evaluate(tiny_config(corpus, num_train_steps=6), workdir)
   assert os.path.getmtime(os.path.join(workdir, 'config.json')) == before
 
   # An explicit new schedule length is used as given.
   cfg = tiny_config(corpus, num_train_steps=10, schedule_steps=12, eval_every_steps=10)
-  config, _, _ = train.prepare(cfg, workdir)
+  config, _, _ = loop.prepare(cfg, workdir)
   assert config.schedule_steps == 12
 
 
 def test_profile_steps_write_a_trace(corpus, tmp_path):
   cfg = tiny_config(corpus, num_train_steps=3, profile_steps=(2, 3))
-  train.train_and_evaluate(cfg, str(tmp_path))
-  traces = [f for d, _, fs in os.walk(tmp_path / train.PROFILE_DIR) for f in fs
+  loop.train_and_evaluate(cfg, str(tmp_path))
+  traces = [f for d, _, fs in os.walk(tmp_path / loop.PROFILE_DIR) for f in fs
             if f.endswith('.xplane.pb')]
   assert traces
-  with pytest.raises(train.ConfigError, match=r'^profile_steps: got \(2, 9\)'):
-    train.prepare(tiny_config(corpus, num_train_steps=3, profile_steps=(2, 9)), str(tmp_path / 'x'))
+  with pytest.raises(validation.ConfigError, match=r'^profile_steps: got \(2, 9\)'):
+    loop.prepare(tiny_config(corpus, num_train_steps=3, profile_steps=(2, 9)), str(tmp_path / 'x'))
 
 
 def test_init_from_starts_a_new_run_from_another_runs_parameters(corpus, tmp_path):
   base = str(tmp_path / 'base')
-  train.train_and_evaluate(tiny_config(corpus, num_train_steps=2), base)
+  loop.train_and_evaluate(tiny_config(corpus, num_train_steps=2), base)
   tuned = str(tmp_path / 'tuned')  # A "fine-tune" whose one update is negligible.
-  train.train_and_evaluate(tiny_config(corpus, num_train_steps=1, warmup_steps=0,
+  loop.train_and_evaluate(tiny_config(corpus, num_train_steps=1, warmup_steps=0,
                                        learning_rate=1e-12, init_from=base), tuned)
-  a, b = checkpoint.load_for_analysis(base).params, checkpoint.load_for_analysis(tuned).params
+  a, b = restore.load_for_analysis(base).params, restore.load_for_analysis(tuned).params
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
-  with pytest.raises(train.ConfigError, match=r'^init_from: cannot initialise from '):
-    train.train_and_evaluate(tiny_config(corpus, num_train_steps=1, warmup_steps=0, init_from=base,
+  with pytest.raises(validation.ConfigError, match=r'^init_from: cannot initialise from '):
+    loop.train_and_evaluate(tiny_config(corpus, num_train_steps=1, warmup_steps=0, init_from=base,
                                          **{'model.mlp_dim': 48}), str(tmp_path / 'other'))
   assert not os.path.exists(tmp_path / 'other')

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from posjax import train, workdir
+from posjax.training import loop, validation
+from posjax.workdir import lock as workdir_lock
 
 from test_train import ROOT, tiny_config
 
@@ -28,7 +29,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_killed_one_does_not_blo
   path.write_text(CONFIG.format(test_train=os.path.join(ROOT, 'tests', 'test_train.py'),
                                 corpus=corpus, overrides=dict(num_train_steps=3)))
   run = tmp_path / 'run'
-  lock = run / workdir.LOCK_FILE
+  lock = run / workdir_lock.LOCK_FILE
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   cmd = [sys.executable, '-m', 'posjax.main', f'--config={path}', f'--workdir={run}']
   # The holder: a long run (1e6 steps) whose lock we wait for. It saves no
@@ -58,12 +59,12 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_killed_one_does_not_blo
 
 
 def test_the_lock_is_exclusive_and_released(tmp_path):
-  first = workdir.Lock(str(tmp_path)).acquire()
+  first = workdir_lock.Lock(str(tmp_path)).acquire()
   with pytest.raises(ValueError, match=rf'^workdir: {tmp_path} is in use by process '
                      rf'{os.getpid()} on .* since '):
-    workdir.Lock(str(tmp_path)).acquire()
+    workdir_lock.Lock(str(tmp_path)).acquire()
   first.release()
-  workdir.Lock(str(tmp_path)).acquire().release()
+  workdir_lock.Lock(str(tmp_path)).acquire().release()
 
 
 @pytest.mark.parametrize('case,message', [
@@ -73,8 +74,8 @@ def test_an_unusable_workdir_is_a_one_line_error(corpus, tmp_path, case, message
   (tmp_path / 'f').write_text('x')
   target = {'a_file': tmp_path / 'f', 'below_a_file': tmp_path / 'f' / 'run',
             'read_only': '/proc/1/posjax_run'}[case]  # procfs: read-only even for root.
-  with pytest.raises(train.ConfigError, match=rf'^workdir: .*{message}'):
-    train.prepare(tiny_config(corpus), str(target))
+  with pytest.raises(validation.ConfigError, match=rf'^workdir: .*{message}'):
+    loop.prepare(tiny_config(corpus), str(target))
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(corpus, tmp_path):

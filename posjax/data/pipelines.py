@@ -1,5 +1,8 @@
 """Input pipelines: grain over ``tfds`` data-source splits, pure numpy batches.
 
+Language modelling's pipelines are in ``posjax.data.lm_pipelines``, on the same
+shared pieces (``train_examples``, ``pack``).
+
 Every function takes ``process_index`` / ``process_count`` and returns *this
 process's* share of the global batch: ``batch_size`` is the per-process batch.
 Training functions return a checkpointable grain iterator (``iter()`` of a
@@ -28,14 +31,6 @@ rows, which can give NaNs under fully-masked attention), so mask with
 Tokens: ListOps uses ``listops.VOCAB`` (parentheses dropped, as LRA);
 Pathfinder flattens the image row-major to ``R * R`` pixel tokens with
 ``token = pixel + 1`` (``PATHFINDER_VOCAB_SIZE`` = 257), so 0 stays PAD.
-
-Language modelling
-------------------
-``lm_train`` packs ``[BOS] + tokenize(doc) + [EOS]`` windows of ``L + 1``
-tokens (stride ``L``) into ``{'inputs', 'targets', 'segment_ids',
-'positions': int32[B, L]}`` with positions restarting at 0 per window;
-``lm_eval`` gives fixed unpacked windows of one evaluation length.
-
 Synthetic length generalisation (decoder-only format)
 -----------------------------------------------------
 Each example becomes ``tokens, mask = synthetic.to_sequence(example)`` and
@@ -66,7 +61,7 @@ from typing import Any, Callable, Optional, Sequence
 import grain
 import numpy as np
 
-from posjax.data import listops, synthetic, text
+from posjax.data import listops, synthetic
 
 PAD = 0
 PATHFINDER_OFFSET = 1  # token = pixel + 1, so PAD (0) is never a pixel
@@ -76,28 +71,28 @@ Tokenize = Callable[[Any], tuple[np.ndarray, int]]
 Batch = dict[str, np.ndarray]
 
 
-def _check_process(process_index: int, process_count: int) -> None:
+def check_process(process_index: int, process_count: int) -> None:
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f'process_index / process_count: got {process_index} / '
                      f'{process_count}; need 0 <= process_index < process_count')
 
 
-def _check_batch_size(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
   if batch_size < 1:
     raise ValueError(f'batch_size: got {batch_size}; need >= 1')
 
 
 # Per-example reads ahead of packing: grain's default (16 threads, 500 buffered
 # futures, all scanned on every element) costs ~1 ms per example here.
-_EXAMPLE_READS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)
+EXAMPLE_READS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)
 
 
-def _train_examples(source: Sequence, *, batch_size: int, seed: int, process_index: int,
+def train_examples(source: Sequence, *, batch_size: int, seed: int, process_index: int,
                     process_count: int) -> grain.MapDataset:
   """This process's endless share of ``source``: a fresh permutation every epoch
   (``repeat`` reseeds ``shuffle``), split ``[p::P]`` so shards are disjoint."""
-  _check_process(process_index, process_count)
-  _check_batch_size(batch_size)
+  check_process(process_index, process_count)
+  check_batch_size(batch_size)
   if len(source) < process_count:
     raise ValueError(f'source has {len(source)} examples, fewer than '
                      f'process_count={process_count}')
@@ -150,7 +145,7 @@ def classification_dataset(source: Sequence, *, tokenize: Tokenize, max_length: 
   """The (infinite, random-access) dataset behind ``classification_train``."""
   if max_length < (2 if cls_id is not None else 1):
     raise ValueError(f'max_length: got {max_length}; need room for at least one token')
-  ds = _train_examples(source, batch_size=batch_size, seed=seed, process_index=process_index,
+  ds = train_examples(source, batch_size=batch_size, seed=seed, process_index=process_index,
                        process_count=process_count)
   ds = ds.map(lambda ex: _classification_row(tokenize(ex), max_length, cls_id))
   return ds.batch(batch_size, drop_remainder=True)
@@ -182,8 +177,8 @@ def classification_eval(source: Sequence, *, tokenize: Tokenize, max_length: int
                         max_examples: Optional[int] = None) -> list[Batch]:
   """Batches covering the split (or its first ``max_examples``) once, in order;
   ``'weight'`` is 0 on padding rows."""
-  _check_process(process_index, process_count)
-  _check_batch_size(batch_size)
+  check_process(process_index, process_count)
+  check_batch_size(batch_size)
   n = len(source) if max_examples is None else min(len(source), int(max_examples))
   if n < 1:
     raise ValueError('classification_eval: empty split')
@@ -211,19 +206,19 @@ def sequence_example(ex: dict) -> Batch:
 def sequence_dataset(source: Sequence, *, max_length: int, batch_size: int, seed: int,
                      process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """The (infinite) packed dataset behind ``sequence_train``."""
-  ds = _train_examples(source, batch_size=batch_size, seed=seed, process_index=process_index,
+  ds = train_examples(source, batch_size=batch_size, seed=seed, process_index=process_index,
                        process_count=process_count).map(sequence_example)
   ds = ds.filter(lambda e: e['inputs'].size <= max_length)  # Skip, never truncate.
   length = {'inputs': max_length, 'targets': max_length, 'weights': max_length}
   # Fail (instead of spinning forever) when no example fits: grain raises once
   # more than 99.9% of a window of 1000 elements is filtered out.
   ds = grain.experimental.WithOptionsIterDataset(
-      ds.to_iter_dataset(_EXAMPLE_READS),
+      ds.to_iter_dataset(EXAMPLE_READS),
       grain.experimental.DatasetOptions(filter_raise_threshold_ratio=0.999))
-  return _pack(ds, length, batch_size, seed)
+  return pack(ds, length, batch_size, seed)
 
 
-def _pack(ds: grain.IterDataset, length: dict, batch_size: int, seed: int) -> grain.IterDataset:
+def pack(ds: grain.IterDataset, length: dict, batch_size: int, seed: int) -> grain.IterDataset:
   """First-fit packing into ``batch_size`` rows: adds ``segment_ids`` (1, 2, ...;
   0 = padding) and ``positions`` restarting at 0 for every packed element."""
   ds = grain.experimental.FirstFitPackIterDataset(
@@ -273,8 +268,8 @@ def sequence_eval(source: Sequence, *, batch_size: int, process_index: int = 0,
   """``{length: [batch, ...]}``: the split grouped by its ``'length'`` feature,
   unpacked (one example per row), every example of a group exactly once; rows
   padded to a multiple of ``width_multiple`` (fewer shapes to compile)."""
-  _check_process(process_index, process_count)
-  _check_batch_size(batch_size)
+  check_process(process_index, process_count)
+  check_batch_size(batch_size)
   groups: dict[int, list[int]] = collections.defaultdict(list)
   for i in range(len(source)):
     groups[int(source[i]['length'])].append(i)
@@ -294,107 +289,3 @@ def sequence_eval(source: Sequence, *, batch_size: int, process_index: int = 0,
       out[length].append(unpacked_batch(examples[s:s + batch_size], width,
                                          max(0, min(real - s, batch_size))))
   return out
-
-
-# ------------------------------------------------------- language modelling
-
-class _Chunks(grain.experimental.FlatMapTransform):
-  """A document's tokens -> windows of ``L + 1`` tokens with stride ``L`` (every
-  token is predicted once), each as ``{'inputs': w[:-1], 'targets': w[1:]}``."""
-
-  def __init__(self, seq_len: int):
-    self.seq_len = seq_len
-    self.max_fan_out = 1 << 20
-
-  def flat_map(self, tokens):
-    return [{'inputs': tokens[s:s + self.seq_len], 'targets': tokens[s + 1:s + self.seq_len + 1]}
-            for s in range(0, tokens.size - 1, self.seq_len)]
-
-
-def _document(tokenize: Callable[[Any], np.ndarray]) -> Callable[[Any], np.ndarray]:
-  return lambda ex: np.concatenate([[text.BOS], tokenize(ex), [text.EOS]]).astype(np.int32)
-
-
-def lm_train(source: Sequence, *, tokenize: Callable[[Any], np.ndarray], seq_len: int,
-             batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
-             shuffle_window: int = 1024):
-  """Checkpointable iterator of packed LM batches ``{'inputs', 'targets',
-  'segment_ids', 'positions': int32[B, L]}``.
-
-  Documents (``[BOS] + tokenize(example) + [EOS]``) are shuffled by ``seed``
-  (afresh every epoch) and sharded per process, cut into windows (``_Chunks``),
-  shuffled again within ``shuffle_window`` windows so a long document does not
-  fill whole batches, and packed first-fit; positions restart at 0 in every
-  window and segment ids keep windows apart.
-  """
-  ds = _train_examples(source, batch_size=batch_size, seed=seed, process_index=process_index,
-                       process_count=process_count)
-  ds = ds.map(_document(tokenize)).to_iter_dataset(_EXAMPLE_READS)
-  ds = grain.experimental.FlatMapIterDataset(ds, _Chunks(seq_len))
-  if shuffle_window > 1:
-    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
-  return iter(_pack(ds, {'inputs': seq_len, 'targets': seq_len}, batch_size, seed))
-
-
-def lm_eval(source: Sequence, *, tokenize: Callable[[Any], np.ndarray], length: int,
-            batch_size: int, num_batches: int, process_index: int = 0,
-            process_count: int = 1, span: Optional[int] = None) -> list[Batch]:
-  """``num_batches`` batches of unpacked ``length``-token windows, the same ones
-  every call (positions 0..length-1, one segment per row).
-
-  Documents are read in order; each one long enough gives one window per round
-  (document ``i`` starts at its window ``i mod n``, so rows are not all file
-  headers), rounds repeat until ``batch_size * num_batches`` rows exist, and
-  process ``p`` takes rows ``p, p + P, ...``.
-
-  ``span`` (a multiple of ``length``): the windows are those of length ``span``,
-  each cut into ``span / length`` rows, so every evaluation length scores the
-  same tokens and only the context differs (Press et al.'s comparison); a batch
-  then has ``batch_size * span / length`` rows.
-  """
-  _check_process(process_index, process_count)
-  _check_batch_size(batch_size)
-  if span is not None and span != length:
-    if span % length:
-      raise ValueError(f'eval_lengths: {length} does not divide the span {span}')
-    cut = span // length
-    batches = lm_eval(source, tokenize=tokenize, length=span, batch_size=batch_size,
-                      num_batches=num_batches, process_index=process_index,
-                      process_count=process_count)
-    return [_cut(b, cut) for b in batches]
-  need = batch_size * process_count * num_batches
-  document = _document(tokenize)
-  docs, rows = [], []  # Documents with at least one full window.
-  for i in range(len(source)):
-    tokens = document(source[i])
-    if (tokens.size - 1) // length:
-      docs.append(tokens)
-      rows.append(_window(tokens, length, len(docs) - 1))
-      if len(rows) == need:
-        break
-  if not docs:
-    raise ValueError(f'eval_lengths: no evaluation document is longer than {length} '
-                     'tokens; allowed: shorter eval lengths')
-  r = 1
-  while len(rows) < need:  # Later rounds: the next window of every document, cycling.
-    rows.extend(_window(t, length, i + r) for i, t in enumerate(docs[:need - len(rows)]))
-    r += 1
-  tokens = np.stack(rows)[process_index::process_count]
-  ones = np.ones((batch_size, length), np.int32)
-  positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length)).copy()
-  return [{'inputs': t[:, :-1], 'targets': t[:, 1:], 'segment_ids': ones, 'positions': positions}
-          for t in (tokens[i * batch_size:(i + 1) * batch_size] for i in range(num_batches))]
-
-
-def _cut(batch: Batch, n: int) -> Batch:
-  """Each row of ``batch`` as ``n`` consecutive rows (positions restart at 0)."""
-  b, span = batch['inputs'].shape
-  out = {k: v.reshape(b * n, span // n) for k, v in batch.items()}
-  out['positions'] = out['positions'] - out['positions'][:, :1]
-  return out
-
-
-def _window(tokens: np.ndarray, length: int, k: int) -> np.ndarray:
-  n = (tokens.size - 1) // length
-  s = (k % n) * length
-  return tokens[s:s + length + 1]

@@ -15,7 +15,8 @@ of ``{'inputs': int32[...], 'targets': int32[...], 'length': int}``.  Example
 so it does not depend on ``num_examples`` (shardable) and lengths are
 independent streams.  ``to_sequence`` turns an example into the decoder-only
 format, ``solve`` recomputes the targets from the inputs (an exact evaluator
-written independently of the generators); the lengths are in ``synthetic_splits``.
+written independently of the generators, in ``synthetic_solvers``); the lengths
+are in ``synthetic_splits``.
 
 Vocabulary: ``synthetic_vocab`` (1296 ids: specials, 1024 symbols, 256 bytes).
 
@@ -77,7 +78,6 @@ masked position equals the next token.
 from __future__ import annotations
 
 import dataclasses
-import re
 import zlib
 from typing import Any, Callable, Optional
 
@@ -88,6 +88,7 @@ from posjax.data.synthetic_vocab import (  # noqa: F401
     AR_NUM_KEYS, BLANK, BOS, BUCKET_ALPHABET, BYTE_OFFSET, COPY_ALPHABET, EMPTY, EOS,
     MINUS, MODULUS, NUM_SYMBOLS, PAD, PLUS, QUERY, SEP, SPECIAL_NAMES, SYMBOL_OFFSET,
     TIMES, VOCAB_SIZE, decode_bytes, detokenize, encode_bytes, sym)
+from posjax.data import synthetic_solvers as solvers
 
 
 # ------------------------------------------------------------------ generators
@@ -219,85 +220,8 @@ def _gen_associative_recall(rng, n, num_queries: Optional[int] = None):
   return inputs, sym(values[qi])
 
 
-# ------------------------------------------------------------------ evaluators
-# Independent of the generators: parse the input tokens back, then compute.
-
-def _to_symbols(ids) -> list[int]:
-  ids = np.asarray(ids).tolist()
-  if any(not SYMBOL_OFFSET <= t < BYTE_OFFSET for t in ids):
-    raise ValueError('expected symbol tokens only')
-  return [t - SYMBOL_OFFSET for t in ids]
-
-
-def _solve_reverse_string(inputs):
-  return sym(_to_symbols(inputs)[::-1])
-
-
-def _solve_duplicate_string(inputs):
-  s = _to_symbols(inputs)
-  return sym(s + s)
-
-
-def _solve_missing_duplicate_string(inputs):
-  toks = list(np.asarray(inputs).tolist())
-  if toks and toks[-1] == EMPTY:
-    toks = toks[:-1]
-  half = len(toks) // 2
-  j = toks.index(BLANK)
-  return np.array([toks[(j + half) % (2 * half)]], np.int32)
-
-
-def _solve_parity_check(inputs):
-  return sym([sum(_to_symbols(inputs)) % 2])
-
-
-def _solve_binary_addition(inputs):
-  toks = np.asarray(inputs).tolist()
-  parts = ([toks[:toks.index(PLUS)], toks[toks.index(PLUS) + 1:]]
-           if PLUS in toks else [toks])
-  total = sum(int(''.join(map(str, _to_symbols(p)))[::-1], 2) for p in parts)
-  bits = [int(c) for c in bin(total)[2:][::-1]]
-  return np.concatenate([sym(bits), np.array([EOS], np.int32)])
-
-
-def _solve_bucket_sort(inputs):
-  return sym(sorted(_to_symbols(inputs)))
-
-
-def _solve_modular_arithmetic(inputs):
-  chars = {PLUS: '+', MINUS: '-', TIMES: '*'}
-  text = ''.join(chars[t] if t in chars else str(t - SYMBOL_OFFSET)
-                 for t in np.asarray(inputs).tolist())
-  if not re.fullmatch(r'[0-4]([-+*][0-4])*', text):
-    raise ValueError(f'bad expression {text!r}')
-  total = 0
-  for sign, term in re.findall(r'([-+]?)([0-9*]+)', text):
-    value = 1
-    for d in term.split('*'):
-      value *= int(d)
-    total += -value if sign == '-' else value
-  return sym([total % MODULUS])
-
-
-def _solve_copy(inputs):
-  return np.asarray(inputs, np.int32).copy()
-
-
-def _solve_passkey(inputs):
-  m = re.search(r'The pass key is (\d{5})\. Remember it\.', decode_bytes(inputs))
-  if m is None:
-    raise ValueError('no pass key in the input')
-  return encode_bytes(m.group(1))
-
-
-def _solve_associative_recall(inputs):
-  toks = np.asarray(inputs).tolist()
-  q = toks.index(QUERY)
-  table = dict(zip(toks[0:q:2], toks[1:q:2]))
-  return np.array([table[k] for k in toks[q + 1:]], np.int32)
-
-
 # ----------------------------------------------------------------------- specs
+
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
   name: str
@@ -314,32 +238,32 @@ class TaskSpec:
 _DELETANG = 'Deletang et al. 2023 / Ruoss et al. 2023'
 TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec('reverse_string', 'n bits -> reversed (DCF)', _DELETANG, 1, None,
-             lambda n: n, lambda n: n, _gen_reverse_string, _solve_reverse_string),
+             lambda n: n, lambda n: n, _gen_reverse_string, solvers.solve_reverse_string),
     TaskSpec('duplicate_string', 'n bits s -> ss (CS)', _DELETANG, 1, None,
              lambda n: n, lambda n: 2 * n, _gen_duplicate_string,
-             _solve_duplicate_string),
+             solvers.solve_duplicate_string),
     TaskSpec('missing_duplicate_string', 'ss with one BLANK -> missing bit (CS)',
              _DELETANG, 2, None, lambda n: n, lambda n: 1,
-             _gen_missing_duplicate_string, _solve_missing_duplicate_string),
+             _gen_missing_duplicate_string, solvers.solve_missing_duplicate_string),
     TaskSpec('parity_check', 'n bits -> #1s mod 2 (R)', _DELETANG, 1, None,
-             lambda n: n, lambda n: 1, _gen_parity_check, _solve_parity_check),
+             lambda n: n, lambda n: 1, _gen_parity_check, solvers.solve_parity_check),
     TaskSpec('binary_addition', 'little-endian a+b -> sum + EOS (CS)', _DELETANG,
              1, None, lambda n: n, lambda n: None, _gen_binary_addition,
-             _solve_binary_addition),
+             solvers.solve_binary_addition),
     TaskSpec('bucket_sort', 'n symbols over 5 -> sorted (CS)', _DELETANG, 1, None,
-             lambda n: n, lambda n: n, _gen_bucket_sort, _solve_bucket_sort),
+             lambda n: n, lambda n: n, _gen_bucket_sort, solvers.solve_bucket_sort),
     TaskSpec('modular_arithmetic', 'd op d ... mod 5, standard precedence (R)',
              _DELETANG, 1, None, lambda n: n if n % 2 else n - 1, lambda n: 1,
-             _gen_modular_arithmetic, _solve_modular_arithmetic),
+             _gen_modular_arithmetic, solvers.solve_modular_arithmetic),
     TaskSpec('copy', 'n symbols -> the same n symbols', 'copy', 1, None,
-             lambda n: n, lambda n: n, _gen_copy, _solve_copy),
+             lambda n: n, lambda n: n, _gen_copy, solvers.solve_copy),
     TaskSpec('passkey', '5-digit key hidden in filler bytes -> key',
              'Mohtashami & Jaggi 2023', _PK_FIXED, None, lambda n: None,
-             lambda n: 5, _gen_passkey, _solve_passkey),
+             lambda n: 5, _gen_passkey, solvers.solve_passkey),
     TaskSpec('associative_recall', 'n key-value pairs, QUERY keys -> values',
              'Arora et al. 2023 (Zoology MQAR)', 1, AR_NUM_KEYS,
              lambda n: None, lambda n: None, _gen_associative_recall,
-             _solve_associative_recall),
+             solvers.solve_associative_recall),
 ]}
 
 

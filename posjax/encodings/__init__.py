@@ -1,6 +1,8 @@
 """Positional encodings: pure functions of explicit positions behind one registry.
 
-Importing this package registers every encoding; ``names()`` lists them.
+Importing this package registers every encoding; ``names()`` lists them. Each
+module imports ``base`` (the hook contract) and ``registry``, and nothing else of
+posjax: an encoding is math on positions, below every other package.
 """
 from posjax.encodings.base import BIAS, EMBED, QK, VALUES, Encoding, relative
 from posjax.encodings.registry import get, make, names, register

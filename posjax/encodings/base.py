@@ -19,7 +19,7 @@ sinusoid of integer positions with exact float32 angles).
 
 A bias hook that reads its per-head values through ``per_head``, its tables through
 ``lookup`` and its small MLPs through ``scalar_mlp`` runs unchanged inside the Pallas
-kernels (``posjax.models.flash_pallas``): there ``in_kernel(h)`` makes those helpers
+kernels (``posjax.models.kernels.pallas``): there ``in_kernel(h)`` makes those helpers
 give one head's bias, ``[B, 1, L, S]``, with no gather and no batched matmul.
 
 Blockwise attention evaluates ``bias`` once per key block, visiting key blocks
@@ -89,7 +89,7 @@ class Encoding(nn.Module):
   has_params: ClassVar[bool] = False
   # ``bias`` is a function of the positions alone (not of q, k or a carry), so
   # ``bias(None, None, qpos, kpos, mask, None)`` gives its curve by distance
-  # (``posjax.analysis.bias_by_distance``).
+  # (``posjax.analysis.measures.bias_by_distance``).
   bias_from_positions: ClassVar[bool] = False
   # That bias reaches its heads, tables and MLPs only through ``per_head``,
   # ``lookup`` and ``scalar_mlp``, so the Pallas kernels (``attention='pallas'``)

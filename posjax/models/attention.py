@@ -1,17 +1,18 @@
-"""Multi-head attention that asks its positional encoding for what it needs.
+"""Multi-head attention that asks its positional encoding for what it needs, and
+the dispatcher that picks the implementation ``model.attention`` means.
 
-``attend`` is the single block computation behind two implementations:
-``dense`` runs it once over all keys (the reference), ``blockwise`` scans it over
-key blocks with an online softmax, so no ``[H, L, S]`` array of the full length
-exists and memory grows linearly with length; ``flash`` (``posjax.models.flash``)
-tiles queries too, skips empty tiles and has its own backward pass; ``cudnn`` and
-``splash`` (``posjax.models.fused``) are the vendors' kernels for encodings with no
-bias or value hook. Attention never branches on encoding names: every hook of
-``posjax.encodings.base.Encoding`` is called, and the identity defaults cost nothing.
+The implementations live one per module in ``posjax.models.kernels``, all on the
+same block math (``kernels.blocks``) and one contract (``IMPLEMENTATIONS``: a
+function of the encoding, q, k, v, positions, slots and segments, and the model
+config, returning the output and, for ``dense`` only, the probabilities):
+``dense`` and ``blockwise`` (``kernels.blockwise``: the reference, and its scan
+over key blocks, linear memory), ``flash`` (``kernels.flash``: queries tiled too,
+empty tiles skipped, its own backward pass), ``pallas`` (``kernels.pallas``: flash
+as Pallas kernels with the bias computed inside), and ``cudnn`` / ``splash``
+(``kernels.vendor``: the vendors' fused kernels, for encodings with no bias or
+value hook). Attention never branches on encoding names.
 """
 from __future__ import annotations
-
-import functools
 
 from absl import logging
 import flax.linen as nn
@@ -19,11 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from posjax.encodings.base import Encoding
-from posjax.models import fused
 from posjax.models.config import ModelConfig
+from posjax.models.kernels import blockwise, flash, pallas, vendor
 
-NEG = -1e30  # Finite "minus infinity": keeps fully masked rows NaN-free.
-# ``attention='auto'``: the platform's fused kernel (``posjax.models.fused``:
+# ``attention='auto'``: the platform's fused kernel (``kernels.vendor``:
 # cuDNN on GPU, splash on TPU) where it can serve the config; else dense (one
 # block, probabilities for analysis) up to this many keys and flash above
 # (tests/test_flash.py; experiments/attention_benchmark.py: flash is faster from
@@ -40,10 +40,10 @@ def choose(cfg: ModelConfig, num_queries: int, num_keys: int) -> str:
   """
   chosen, why = cfg.attention, 'named'
   if chosen == 'auto':
-    kernel = fused.for_platform()
-    why = fused.why_not(kernel, cfg, num_keys) if kernel else 'no fused kernel here'
+    kernel = vendor.for_platform()
+    why = vendor.why_not(kernel, cfg, num_keys) if kernel else 'no fused kernel here'
     chosen = kernel if why is None else None
-  if chosen in fused.PLATFORMS and num_queries != num_keys:
+  if chosen in vendor.PLATFORMS and num_queries != num_keys:
     chosen, why = None, 'cached decoding'
   if chosen is None:
     chosen = 'dense' if num_keys <= AUTO_DENSE_MAX else 'flash'
@@ -55,84 +55,37 @@ def choose(cfg: ModelConfig, num_queries: int, num_keys: int) -> str:
   return chosen
 
 
-def allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal: bool):
-  """True where query i may attend key j: same segment, and j <= i if causal.
-
-  Indices are token slots (not positions: positions may be randomized or
-  restart per document); key slots < 0 mark padding / empty cache.
-  """
-  ok = (qseg_BxL[:, :, None] == kseg_BxS[:, None, :]) & (kidx_BxS[:, None, :] >= 0)
-  if causal:
-    ok &= kidx_BxS[:, None, :] <= qidx_BxL[:, :, None]
-  return ok
+def _dense(cfg: ModelConfig, *args):
+  return blockwise.attend(*args, causal=cfg.causal, block_size=None, scale=cfg.head_dim ** -0.5)
 
 
-def block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
-  """Logits, bias, probabilities and value sums for one key block."""
-  m, l, acc, enc_carry = carry
-  logits = jnp.einsum('blhk,bshk->bhls', q, k,
-                      preferred_element_type=jnp.float32) * scale
-  bias, enc_carry = enc.bias(q, k, qpos, kpos, mask, enc_carry)
-  if bias is not None:
-    logits = logits + bias
-  logits = jnp.where(mask[:, None], logits, NEG)
-  m_new, p, corr = softmax_step(m, logits, mask)
-  out = jnp.einsum('bhls,bshk->blhk', p, v.astype(jnp.float32))
-  extra = enc.values(p, qpos, kpos)
-  if extra is not None:
-    out = out + extra.astype(jnp.float32)
-  acc = acc * jnp.swapaxes(corr, 1, 2)[..., None] + out
-  return (m_new, l * corr + p.sum(-1), acc, enc_carry), p
+def _blockwise(cfg: ModelConfig, *args):
+  return blockwise.attend(*args, causal=cfg.causal, block_size=cfg.block_size,
+                          scale=cfg.head_dim ** -0.5)
 
 
-def softmax_step(m_BxHxL, logits_BxHxLxS, mask_BxLxS):
-  """The online softmax over one block of masked logits: the new running max, the
-  block's unnormalised probabilities and the factor that rescales the old state."""
-  m_new = jnp.maximum(m_BxHxL, logits_BxHxLxS.max(-1))
-  p = jnp.exp(logits_BxHxLxS - m_new[..., None]) * mask_BxLxS[:, None]
-  return m_new, p, jnp.exp(m_BxHxL - m_new)
+def _flash(cfg: ModelConfig, *args):
+  return flash.attend(*args, causal=cfg.causal, block_q=cfg.block_size,
+                      block_k=cfg.block_size, scale=cfg.head_dim ** -0.5), None
 
 
-def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
-           qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, *, causal: bool,
-           block_size: int | None, scale: float):
-  """Softmax attention with the encoding's bias / values hooks.
+def _pallas(cfg: ModelConfig, *args):
+  return pallas.attend(*args, causal=cfg.causal, block_q=cfg.block_size,
+                       block_k=cfg.block_size, scale=cfg.head_dim ** -0.5,
+                       interpret=vendor.emulated()), None
 
-  ``block_size=None`` is dense (one block); otherwise keys are padded to a
-  multiple of ``block_size`` and visited from the last block to the first.
-  Returns ``[B, L, H, Kv]`` in v's dtype, and in one dense block also the
-  probabilities ``[B, H, L, S]`` float32 (None for blockwise).
-  """
-  B, L, H, _ = q_BxLxHxK.shape
-  Kv = v_BxSxHxK.shape[-1]
-  init = (jnp.full((B, H, L), NEG, jnp.float32), jnp.zeros((B, H, L), jnp.float32),
-          jnp.zeros((B, L, H, Kv), jnp.float32), enc.init_carry(q_BxLxHxK))
-  step = functools.partial(block, enc, q_BxLxHxK, scale=scale)
-  if block_size is None or block_size >= k_BxSxHxK.shape[1]:
-    mask = allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal)
-    (_, l, acc, _), p = step(k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, mask, init)
-    probs = p / jnp.where(l == 0, 1.0, l)[..., None]
-  else:
-    S = k_BxSxHxK.shape[1]
-    n = -(-S // block_size)
-    pad = n * block_size - S
-    def blocks(x, fill):  # [B, S, ...] -> [n, B, block, ...], last block first
-      x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-      x = x.reshape((B, n, block_size) + x.shape[2:])
-      return jnp.flip(jnp.moveaxis(x, 1, 0), 0)
-    xs = (blocks(k_BxSxHxK, 0), blocks(v_BxSxHxK, 0), blocks(kpos_BxS, 0),
-          blocks(kidx_BxS, -1), blocks(kseg_BxS, 0))
 
-    @jax.checkpoint  # Keep only the carries: memory linear in length.
-    def body(carry, blk):
-      k, v, kpos, kidx, kseg = blk
-      mask = allowed(qidx_BxL, kidx, qseg_BxL, kseg, causal)
-      return step(k, v, qpos_BxL, kpos, mask, carry)[0], None
+def _vendor(kernel: str):
+  def run(cfg: ModelConfig, enc, q, k, v, qpos, kpos, qidx, kidx, qseg, kseg):
+    return vendor.attend(kernel, q, k, v, qseg, kseg, causal=cfg.causal,
+                         scale=cfg.head_dim ** -0.5), None
+  return run
 
-    (_, l, acc, _), _ = jax.lax.scan(body, init, xs)
-    probs = None
-  l = jnp.swapaxes(l, 1, 2)[..., None]
-  return (acc / jnp.where(l == 0, 1.0, l)).astype(v_BxSxHxK.dtype), probs
+
+# ``model.attention`` -> ``fn(cfg, enc, q, k, v, qpos, kpos, qidx, kidx, qseg, kseg)
+# -> (out [B, L, H, Kv], probabilities [B, H, L, S] or None)``.
+IMPLEMENTATIONS = {'dense': _dense, 'blockwise': _blockwise, 'flash': _flash,
+                   'pallas': _pallas, 'cudnn': _vendor('cudnn'), 'splash': _vendor('splash')}
 
 
 class Attention(nn.Module):
@@ -160,18 +113,7 @@ class Attention(nn.Module):
     impl = choose(cfg, q.shape[1], k.shape[1])
     if impl in ('flash', 'pallas') and self.is_initializing():  # Init makes the encoding's
       impl = 'blockwise'  # params, which flash applies its hooks to; blockwise: linear memory.
-    if impl in ('cudnn', 'splash'):
-      out, probs = fused.attend(impl, q, k, v, seg_BxL, kseg, causal=cfg.causal,
-                                scale=cfg.head_dim ** -0.5), None
-    elif impl in ('flash', 'pallas'):
-      from posjax.models import flash  # (flash builds on this module.)
-      out, probs = flash.attend(*args, causal=cfg.causal, block_q=cfg.block_size,
-                                block_k=cfg.block_size, scale=cfg.head_dim ** -0.5,
-                                pallas=impl == 'pallas'), None
-    else:
-      block = cfg.block_size if impl == 'blockwise' else None
-      out, probs = attend(*args, causal=cfg.causal, block_size=block,
-                          scale=cfg.head_dim ** -0.5)
+    out, probs = IMPLEMENTATIONS[impl](cfg, *args)
     if probs is not None:  # Analysis: ``capture`` the 'intermediates' collection.
       self.sow('intermediates', 'attention_probs', probs)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))

@@ -7,6 +7,7 @@
 
 Adding a task is one module with a ``posjax.tasks.base.Task`` subclass and one
 line in ``_REGISTRY``; the trainer, inputs and validation never branch on names.
+Imports ``posjax.data`` (a task's inputs); the model is the trainer's business.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import math
 
-from posjax.data import inputs, passkey, pipelines, text
+from posjax.data import inputs, lm_pipelines, passkey, text
 from posjax.tasks.base import Task
 
 
@@ -60,7 +60,7 @@ class LanguageModelling(Task):
 
   def train_iterator(self, process_index=0, process_count=1):
     c = self.config
-    return pipelines.lm_train(
+    return lm_pipelines.lm_train(
         self.source['train'], tokenize=self._tokenize(), seq_len=c.seq_len, seed=c.seed,
         shuffle_window=c.data.get('shuffle_window', 1024),
         **self.shard(c.batch_size, process_index, process_count))
@@ -71,7 +71,7 @@ class LanguageModelling(Task):
     lengths = [int(n) for n in c.eval_lengths]
     # Every length scores the same tokens when the lengths divide the longest.
     span = max(lengths) if all(max(lengths) % n == 0 for n in lengths) else None
-    out = {n: pipelines.lm_eval(
+    out = {n: lm_pipelines.lm_eval(
         split, tokenize=self._tokenize(), length=n, num_batches=c.num_eval_batches,
         span=span, **self.shard(c.eval_batch_size, process_index, process_count))
            for n in lengths}

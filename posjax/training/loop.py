@@ -1,6 +1,6 @@
 """Training: ``train_and_evaluate(config, workdir)`` for every task of ``posjax.tasks``.
 
-The config is validated once (``posjax.validation``) and checked against the
+The config is validated once (``posjax.training.validation``) and checked against the
 workdir's checkpoints before anything is written. The loop dispatches step n
 before reading step n-1's metrics, stops on a NaN loss naming the step,
 evaluates every ``eval_every_steps`` (every eval set in one pass), checkpoints
@@ -20,10 +20,13 @@ from absl import logging
 import jax
 import numpy as np
 
-from posjax import checkpoint, distributed, memory, metrics, optim, validation
-from posjax.trainer import Trainer
-from posjax.workdir import Lock, check_usable
-from posjax.validation import ConfigError, InputError  # noqa: F401  (re-exported)
+from posjax.workdir import checkpoints
+
+from posjax.training import distributed, memory, metrics, optim, validation
+from posjax.training.steps import Trainer
+from posjax.training.validation import ConfigError, InputError
+from posjax.workdir import run_config
+from posjax.workdir.lock import Lock, check_usable
 
 PROFILE_DIR = 'profile'
 # What must be finite after every step, in the order it is computed.
@@ -40,7 +43,7 @@ def prepare(config, workdir: str):
   mcfg, task = validation.validate(config)
   try:
     check_usable(workdir)
-    saved = checkpoint.check_resumable(workdir, config)
+    saved = run_config.check_resumable(workdir, config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   config = copy.deepcopy(config)
@@ -61,7 +64,7 @@ def _pipelines(task):
 def _iterator_for_changed_data(task, workdir: str, step: int, data_iter):
   """The restored iterator, or a fresh one (with a one-line warning) when the
   data changed since ``step`` was saved: the old position means nothing there."""
-  saved = checkpoint.saved_data_fingerprint(workdir, step)
+  saved = run_config.saved_data_fingerprint(workdir, step)
   if not saved or saved == task.data_fingerprint():
     return data_iter
   logging.warning('data: the dataset changed since step %d was saved (fingerprint %s -> %s); '
@@ -151,7 +154,7 @@ class _Loop:
 
   def checkpoint(self, step: int, state) -> None:
     self.flush()
-    checkpoint.save(self.mngr, step, state, self.data_iter, self.config,
+    checkpoints.save(self.mngr, step, state, self.data_iter, self.config,
                     self.trainer.task.data_fingerprint())
 
   def run(self, state, start: int):
@@ -213,7 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 def _undo_new_run(workdir: str, before: list[str] | None) -> None:
   """A run refused before it saved anything (the step does not fit, ...) leaves
   its workdir as it found it: what this run created goes, a resumed run's stays."""
-  if jax.process_index() != 0 or checkpoint.latest_step(workdir) is not None:
+  if jax.process_index() != 0 or run_config.latest_step(workdir) is not None:
     return
   if before is None:
     shutil.rmtree(workdir, ignore_errors=True)
@@ -230,10 +233,10 @@ def _init_from(config, trainer: Trainer, workdir: str):
   """Parameters of ``config.init_from``'s newest checkpoint for a new run (a
   fine-tune: fresh optimizer and schedule), None otherwise."""
   source = config.get('init_from') or ''
-  if not source or checkpoint.check_resumable(workdir, config) is not None:
+  if not source or run_config.check_resumable(workdir, config) is not None:
     return None  # A resumed run continues from its own checkpoints.
   try:
-    params, step = checkpoint.restore_params(source, trainer.abstract_state['params'])
+    params, step = checkpoints.restore_params(source, trainer.abstract_state['params'])
   except Exception as e:  # Orbax raises many types for a tree that does not fit.
     raise ConfigError(f'init_from: cannot initialise from {source} ({type(e).__name__}: '
                       f'{" ".join(str(e).split())[:160]}); allowed: a workdir whose '
@@ -245,15 +248,15 @@ def _init_from(config, trainer: Trainer, workdir: str):
 def _run(config, trainer: Trainer, data_iter, eval_sets, workdir: str,
          init_params=None) -> dict[str, float]:
   """Restores (or initialises) the state and runs the loop in the locked workdir."""
-  checkpoint.save_config(workdir, config)
-  mngr = checkpoint.manager(workdir, config)
-  state, start = checkpoint.restore(mngr, trainer.abstract_state, data_iter)
+  run_config.save_config(workdir, config)
+  mngr = checkpoints.manager(workdir, config)
+  state, start = checkpoints.restore(mngr, trainer.abstract_state, data_iter)
   if state is None:
     state, start = trainer.init_state(), 0
     if init_params is not None:
       state['params'] = init_params
   else:
-    _say(f'resumed from step {start} ({checkpoint.checkpoint_dir(workdir)})\n')
+    _say(f'resumed from step {start} ({checkpoints.checkpoint_dir(workdir)})\n')
     data_iter = _iterator_for_changed_data(trainer.task, workdir, start, data_iter)
   loop = _Loop(config, trainer, mngr, data_iter, eval_sets, workdir, start)
   try:

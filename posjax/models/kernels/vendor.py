@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from posjax.encodings.base import BIAS, VALUES
 
-# Where each kernel runs. ``pallas`` (``posjax.models.flash_pallas``): flash
+# Where each kernel runs. ``pallas`` (``posjax.models.kernels.pallas``): flash
 # attention with the bias computed in-kernel; ``auto`` does not pick it yet (it
 # lowers for both devices but has not run on one).
 PLATFORMS = {'cudnn': ('gpu',), 'splash': ('tpu',), 'pallas': ('gpu', 'tpu')}

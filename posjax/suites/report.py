@@ -1,5 +1,5 @@
 """Experiment reports: every run of a suite as a ``RunRecord``, tables that show
-a missing or failed run as such, markdown / CSV writers and PNG plots.
+a missing or failed run as such, markdown / CSV writers (plots: ``posjax.analysis.charts``).
 
 ``load_suite(DIR)`` reads each run's ``config.json``, ``metrics.jsonl`` and the
 runner's ``status.json``; it works on a partly finished suite (a run without a
@@ -12,7 +12,7 @@ a number and never nothing. Notebooks use the same functions::
                        value=lambda r: report.metric_by_suffix(r, 'eval/perplexity@'))
   print(report.to_markdown(table, title='Perplexity by eval length'))
 
-Light to import: no jax; matplotlib is imported by the plotting functions only.
+Light to import: no jax, no matplotlib.
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from posjax.report_plots import plot_heatmap, plot_lines  # noqa: F401 (re-exported)
-from posjax.workdir import in_use
+from posjax.workdir.lock import in_use
 
 STATUSES = ('finished', 'failed', 'running', 'interrupted', 'missing')
 STATUS_FILE = 'status.json'
@@ -46,7 +45,7 @@ class RunRecord:
   config: ml_collections.ConfigDict | None
   final: dict[str, float]
   history: dict[str, list[tuple[int, float]]]
-  path: str = ''  # The run's workdir (``checkpoint.load_for_analysis(path)``).
+  path: str = ''  # The run's workdir (``restore.load_for_analysis(path)``).
 
   @property
   def step(self) -> int | None:

@@ -1,5 +1,5 @@
 """Experiment suites: one command trains every run of a published comparison and
-writes its table and plots (``experiments/*.py``; see experiments/README.md).
+writes its table and plots (``experiments/*.py``; see docs/experiments.md).
 
 A suite is a module with ``NAME``, ``DESCRIPTION``, ``runs(scale) -> [Run]``,
 ``report(suite_dir, records) -> markdown`` and optionally ``requirements(scale,
@@ -30,8 +30,9 @@ from typing import Any, Mapping
 
 from absl import flags
 
-from posjax import config_lib, launchers
-from posjax.launchers import REPO, STATUS_FILE, read_json, write_json
+from posjax import config_lib
+from posjax.suites import launchers
+from posjax.suites.launchers import REPO, STATUS_FILE, read_json, write_json
 
 SUITE_FILE = 'suite.json'
 
@@ -268,7 +269,7 @@ def _summary(statuses: dict[str, dict], skipped: list[str]) -> int:
 
 def write_report(suite, suite_dir: str) -> str:
   """``suite.report`` of the runs in ``suite_dir`` as ``results.md``; its path."""
-  from posjax import report
+  from posjax.suites import report
   text = suite.report(suite_dir, report.load_suite(suite_dir))
   path = os.path.join(suite_dir, 'results.md')
   with open(path, 'w') as f:
@@ -336,5 +337,5 @@ def _main(suite, argv: list[str]) -> int:
 
 
 def run_suite(suite) -> None:
-  """``if __name__ == '__main__': experiments.run_suite(sys.modules[__name__])``."""
+  """``if __name__ == '__main__': runner.run_suite(sys.modules[__name__])``."""
   sys.exit(main(suite, sys.argv))

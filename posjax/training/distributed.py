@@ -69,7 +69,7 @@ def maybe_initialize(config) -> None:
   """``jax.distributed.initialize`` for multi-process runs (idempotent).
 
   Must run before anything initialises a JAX backend (``jax.devices()``, a
-  computation): ``train.train_and_evaluate`` calls it first.
+  computation): ``loop.train_and_evaluate`` calls it first.
   """
   if jax.distributed.is_initialized():
     return

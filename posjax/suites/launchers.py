@@ -1,4 +1,4 @@
-"""How the runs of an experiment suite execute (``posjax.experiments``).
+"""How the runs of an experiment suite execute (``posjax.suites.runner``).
 
 ``execute(cmd, run_dir)`` runs one command with its output in ``run_dir/log.txt``
 and its outcome in ``run_dir/status.json``; ``launch_local`` runs jobs in a pool of
@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Callable
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STATUS_FILE, LOG_FILE = 'status.json', 'log.txt'
 PROGRESS_SECONDS = 30.0  # At most one progress line per run this often.
 

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from posjax import memory, optim, sharding, tasks
+from posjax import tasks
+from posjax.training import memory, optim, sharding
 
 
 def _boxed_init(model, tx, task, config, rng):

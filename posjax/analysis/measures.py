@@ -1,6 +1,6 @@
-"""Looking inside encodings and trained runs (notebooks, ``posjax.analysis_plots``).
+"""Looking inside encodings and trained runs (notebooks, ``posjax.analysis.plots``).
 
-A *run* is what ``posjax.checkpoint.load_for_analysis(workdir)`` returns:
+A *run* is what ``posjax.workdir.restore.load_for_analysis(workdir)`` returns:
 ``(config, params, step)`` on the CPU. Every function takes explicit int token
 arrays ``[B, L]`` and returns numpy arrays:
 

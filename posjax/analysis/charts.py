@@ -1,4 +1,4 @@
-"""The plots of ``posjax.report`` (re-exported there): lines and a heatmap.
+"""Charts shared by ``posjax.analysis.plots`` and the suite reports: lines and a heatmap.
 
 Each draws into ``ax`` if given (a notebook's axes), else into a new Agg figure
 made without pyplot (no global backend change, nothing left open), saves a PNG at
@@ -17,7 +17,7 @@ def plot_lines(series: dict[str, dict[float, float]], *, xlabel: str, ylabel: st
   matplotlib format string per label (default 'o-')."""
   import matplotlib
   import matplotlib.ticker
-  fig, ax = _axes(ax)
+  fig, ax = axes(ax)
   xs_all = set()
   # tab20 beyond 10 lines: 15 encodings must not share colours.
   colors = matplotlib.colormaps['tab10' if len(series) <= 10 else 'tab20'].colors
@@ -43,7 +43,7 @@ def plot_lines(series: dict[str, dict[float, float]], *, xlabel: str, ylabel: st
     ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.01, 1.0))
   elif series:
     ax.legend(fontsize='small')
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def plot_heatmap(table, *, title: str, path: str | None = None, ax=None,
@@ -52,7 +52,7 @@ def plot_heatmap(table, *, title: str, path: str | None = None, ax=None,
   """``table`` (a ``report.Table``) as coloured cells with their values written
   in; a cell holding a word ('missing', 'failed') is grey and shows the word."""
   import numpy as np
-  fig, ax = _axes(ax)
+  fig, ax = axes(ax)
   rows, cols = table.row_labels, table.col_labels
   values = np.full((len(rows), len(cols)), np.nan)
   for i, rl in enumerate(rows):
@@ -75,10 +75,10 @@ def plot_heatmap(table, *, title: str, path: str | None = None, ax=None,
   ax.set_yticks(range(len(rows)), labels=[str(r) for r in rows])
   ax.set_title(title)
   fig.colorbar(image, ax=ax)
-  return _save(fig, path)
+  return save(fig, path)
 
 
-def _axes(ax):
+def axes(ax):
   if ax is not None:
     return ax.figure, ax
   from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -88,7 +88,7 @@ def _axes(ax):
   return fig, fig.add_subplot()
 
 
-def _save(fig, path: str | None):
+def save(fig, path: str | None):
   if path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches='tight')

@@ -1,6 +1,6 @@
 """Everything checkable about an experiment config before anything is written.
 
-``validate(config)`` runs once per run (``train.train_and_evaluate``): the
+``validate(config)`` runs once per run (``loop.train_and_evaluate``): the
 model config, the task's own data checks (``Task.check``), the mesh and
 batches, steps, the optimizer and the profiler window. Every failure is a
 one-line ``ConfigError`` ``<field>: got ...; allowed: ...``; the CLI turns it
@@ -12,7 +12,8 @@ import math
 
 import jax
 
-from posjax import optim, sharding, tasks
+from posjax import tasks
+from posjax.training import optim, sharding
 
 _POSITIVE = ('num_train_steps', 'seq_len', 'log_every_steps', 'eval_every_steps',
              'checkpoint_every_steps', 'keep_checkpoints', 'grad_accum_steps',
@@ -66,13 +67,14 @@ def check_eval_sets(mcfg, eval_sets) -> None:
 
 def _check_attention(mcfg) -> None:
   """A named fused kernel that cannot serve this config here: one line."""
-  from posjax.models import config as model_config, fused
-  if mcfg.attention not in fused.PLATFORMS:
+  from posjax.models import config as model_config
+  from posjax.models.kernels import vendor
+  if mcfg.attention not in vendor.PLATFORMS:
     return
-  why = fused.why_not(mcfg.attention, mcfg)
+  why = vendor.why_not(mcfg.attention, mcfg)
   if why:
     here = [a for a in model_config.ATTENTIONS
-            if a not in fused.PLATFORMS or fused.why_not(a, mcfg) is None]
+            if a not in vendor.PLATFORMS or vendor.why_not(a, mcfg) is None]
     raise ValueError(f'model.attention: got {mcfg.attention!r}; allowed here: '
                      f'{", ".join(here)} ({why})')
 

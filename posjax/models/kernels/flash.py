@@ -1,8 +1,8 @@
 """Flash attention with a custom VJP: queries and keys both tiled, empty tiles skipped.
 
 The portable implementation (any backend, and every encoding; the vendors' fused
-kernels in ``posjax.models.fused`` serve only encodings without a bias or value
-hook, and ``posjax.models.flash_pallas`` only those whose bias is a function of
+kernels in ``posjax.models.kernels.vendor`` serve only encodings without a bias or value
+hook, and ``posjax.models.kernels.pallas`` only those whose bias is a function of
 positions). The forward pass keeps only the output and the
 per-row log-sum-exp; the backward pass recomputes each tile's probabilities
 (FlashAttention-2: ``D_i = dO_i . O_i``, ``dS = P * (dP - D)``), so memory is
@@ -26,7 +26,7 @@ tile). Together these halve the CPU time of forward + backward at 8192 tokens
 (``tests/test_flash.py`` checks the compiled program for both).
 
 The encoding's hooks are evaluated per (query tile, key tile) from that tile's
-positions, exactly as in ``attention.attend``: the hooks are the encoding's own
+positions, exactly as in ``blockwise.attend``: the hooks are the encoding's own
 methods applied to its variables, which travel as an explicit argument so the
 backward pass returns their gradient too (``jax.vjp`` of the tile's logits and
 of the ``values`` hook). An encoding with a carry (CoPE's gate sums) sees the
@@ -43,7 +43,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from posjax.models import attention as att
+from posjax.models.kernels import blocks
+from posjax.models.kernels.blocks import Inputs, Tiles, pad
 
 _f32 = jnp.float32
 
@@ -51,7 +52,7 @@ _f32 = jnp.float32
 @dataclasses.dataclass(frozen=True)
 class _Hooks:
   """An encoding's ``bias``/``values``/``init_carry`` as pure functions of
-  explicit variables: the same interface ``attention.block`` calls."""
+  explicit variables: the same interface ``blocks.block`` calls."""
   module: Any
   variables: Any
 
@@ -68,44 +69,6 @@ class _Hooks:
     return self._apply('init_carry', q)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Tiles:
-  """Padded, tiled views of the inputs ``[B, n * block, ...]``."""
-  bq: int
-  bk: int
-  nq: int
-  nk: int
-  causal: bool
-
-  def q(self, x, i):
-    return jax.lax.dynamic_slice_in_dim(x, i * self.bq, self.bq, axis=1)
-
-  def k(self, x, j):
-    return jax.lax.dynamic_slice_in_dim(x, j * self.bk, self.bk, axis=1)
-
-  def num_key_tiles(self, qidx_t):
-    """Key tiles 0..n-1 can hold an allowed pair for this query tile."""
-    if not self.causal:
-      return self.nk
-    last = jnp.max(qidx_t)  # Padding rows are -1.
-    return jnp.clip(last // self.bk + 1, 0, self.nk).astype(jnp.int32)
-
-
-def _pad(x, n, fill):
-  pad = n - x.shape[1]
-  return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-
-
-def nonempty(qseg_t, kseg_t, kidx_t):
-  """False only if no (query, key) pair of the tile shares a segment."""
-  big = jnp.iinfo(jnp.int32).max
-  valid = kidx_t >= 0
-  kmin = jnp.where(valid, kseg_t, big).min(1)
-  kmax = jnp.where(valid, kseg_t, -big).max(1)
-  overlap = (qseg_t.min(1) <= kmax) & (kmin <= qseg_t.max(1))
-  return overlap.astype(jnp.int32).max() > 0  # (Not jnp.any: Triton has no reduce_or.)
-
-
 def _full(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):
   """True only if every (query, key) pair of the tile is allowed."""
   seg = qseg_t.min(1)
@@ -118,7 +81,7 @@ def _full(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):
 
 def _tile_case(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):
   """0: no allowed pair (skipped); 1: some masked pairs; 2: no masked pair."""
-  return jnp.where(nonempty(qseg_t, kseg_t, kidx_t),
+  return jnp.where(blocks.nonempty(qseg_t, kseg_t, kidx_t),
                    1 + _full(qidx_t, kidx_t, qseg_t, kseg_t, causal), 0).astype(jnp.int32)
 
 
@@ -137,40 +100,20 @@ def _zeros_of(step, mask, state):
   return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
 
-class Inputs:
-  """The padded operands and their tiles, shared by the forward and backward passes."""
-
-  def __init__(self, tiles, q, k, v, qpos, kpos, qidx, kidx, qseg, kseg):
-    t = tiles
-    self.t = t
-    self.q, self.qpos, self.qidx, self.qseg = (
-        _pad(x, t.nq * t.bq, f) for x, f in ((q, 0), (qpos, 0), (qidx, -1), (qseg, -1)))
-    self.k, self.v, self.kpos, self.kidx, self.kseg = (
-        _pad(x, t.nk * t.bk, f) for x, f in ((k, 0), (v, 0), (kpos, 0), (kidx, -1), (kseg, -2)))
-
-  def query(self, i):
-    t = self.t
-    return t.q(self.q, i), t.q(self.qpos, i), t.q(self.qidx, i), t.q(self.qseg, i)
-
-  def key(self, j):
-    t = self.t
-    return tuple(t.k(x, j) for x in (self.k, self.v, self.kpos, self.kidx, self.kseg))
-
-
-def _forward(hooks, x: Inputs, scale):
+def _forward(module, variables, x: Inputs, scale):
   """Output ``[B, Lp, H, Kv]`` float32 and log-sum-exp ``[B, Lp, H]``."""
-  t = x.t
+  t, hooks = x.t, _Hooks(module, variables)
 
   def query_tile(_, i):
     q, qpos, qidx, qseg = x.query(i)
     B, bq, H, _ = q.shape
-    init = (jnp.full((B, H, bq), att.NEG, _f32), jnp.zeros((B, H, bq), _f32),
+    init = (jnp.full((B, H, bq), blocks.NEG, _f32), jnp.zeros((B, H, bq), _f32),
             jnp.zeros((B, H, bq, x.v.shape[-1]), _f32), hooks.init_carry(q))
     n = t.num_key_tiles(qidx)
 
     def key_tile(s, state):
       k, v, kpos, kidx, kseg = x.key(n - 1 - s)  # Last tile first (CoPE's carry).
-      mask = att.allowed(qidx, kidx, qseg, kseg, t.causal)
+      mask = blocks.allowed(qidx, kidx, qseg, kseg, t.causal)
       step = lambda mask, st: _online_step(hooks, q, k, v, qpos, kpos, mask, st, scale)  # noqa: E731
       return _by_case(_tile_case(qidx, kidx, qseg, kseg, t.causal), step, state, mask)
 
@@ -185,11 +128,11 @@ def _forward(hooks, x: Inputs, scale):
 
 
 def _online_step(hooks, q, k, v, qpos, kpos, mask, state, scale):
-  """``attention.block``'s online softmax with a head-major accumulator
+  """``blocks.block``'s online softmax with a head-major accumulator
   ``[B, H, bq, Kv]``, the layout in which XLA's CPU dots need no transposed tile."""
   m, l, acc, carry = state
   s, carry = _logits(hooks, q, k, qpos, kpos, mask, carry, scale)
-  m_new, p, corr = att.softmax_step(m, s, mask)
+  m_new, p, corr = blocks.softmax_step(m, s, mask)
   out = jnp.einsum('bhls,bshk->bhlk', p, v.astype(_f32))
   extra = hooks.values(p, qpos, kpos)
   if extra is not None:
@@ -211,7 +154,7 @@ def _logits(hooks, q, k, qpos, kpos, mask, carry, scale):
 
 
 def _masked(s, bias, mask):
-  return jnp.where(mask[:, None], s if bias is None else s + bias, att.NEG)
+  return jnp.where(mask[:, None], s if bias is None else s + bias, blocks.NEG)
 
 
 def _replay_carries(hooks, x, q, qpos, qidx, qseg, n, scale):
@@ -226,7 +169,7 @@ def _replay_carries(hooks, x, q, qpos, qidx, qseg, n, scale):
     j = n - 1 - s
     k, _, kpos, kidx, kseg = x.key(j)
     buf = jax.tree.map(lambda b, c: b.at[j].set(c), buf, carry)
-    mask = att.allowed(qidx, kidx, qseg, kseg, x.t.causal)
+    mask = blocks.allowed(qidx, kidx, qseg, kseg, x.t.causal)
     carry = _by_case(_tile_case(qidx, kidx, qseg, kseg, x.t.causal),
                      lambda mask, c: _logits(hooks, q, k, qpos, kpos, mask, c, scale)[1],
                      carry, mask)
@@ -281,7 +224,7 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
     def key_tile(j, state):
       dq, dk_all, dv_all, dvars, dcarry = state
       k, v, kpos, kidx, kseg = x.key(j)
-      mask = att.allowed(qidx, kidx, qseg, kseg, t.causal)
+      mask = blocks.allowed(qidx, kidx, qseg, kseg, t.causal)
       carry_in = None if carries is None else jax.tree.map(lambda b: b[j], carries)
 
       step = functools.partial(_tile_grads, module, variables, q, k, v, do, qpos, kpos,
@@ -311,14 +254,16 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
 
 def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, kidx_BxS,
            qseg_BxL, kseg_BxS, *, causal: bool, block_q: int, block_k: int, scale: float,
-           pallas: bool = False):
-  """Flash attention; the same arguments and output as ``attention.attend``
-  (without probabilities). ``enc`` is a bound encoding module. ``pallas``: both
-  passes are the Pallas kernels of ``posjax.models.flash_pallas``."""
+           passes=None):
+  """Flash attention; the same arguments and output as ``blockwise.attend``
+  (without probabilities). ``enc`` is a bound encoding module. ``passes``: the
+  ``(forward, backward)`` pair run under this custom VJP, by default this module's
+  XLA loops (``posjax.models.kernels.pallas`` passes its kernels)."""
+  forward, backward = passes or (_forward, _backward)
   module, variables = enc.unbind()
   L, S = q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
   bq, bk = min(block_q, L), min(block_k, S)
-  tiles = _Tiles(bq, bk, -(-L // bq), -(-S // bk), causal)
+  tiles = Tiles(bq, bk, -(-L // bq), -(-S // bk), causal)
   ints = tuple(a.astype(jnp.int32) for a in
                (qpos_BxL, kpos_BxS, qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS))
 
@@ -327,24 +272,14 @@ def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, k
     return fwd(variables, q, k, v, ints)[0]
 
   def fwd(variables, q, k, v, ints):
-    x = Inputs(tiles, q, k, v, *ints)
-    if pallas:
-      from posjax.models import fused, flash_pallas
-      out, lse = flash_pallas.forward(module, variables, x, scale, interpret=fused.emulated())
-    else:
-      out, lse = _forward(_Hooks(module, variables), x, scale)
+    out, lse = forward(module, variables, Inputs(tiles, q, k, v, *ints), scale)
     return out[:, :L].astype(v.dtype), (variables, q, k, v, ints, out, lse)
 
   def bwd(res, dout):
     variables, q, k, v, ints, out, lse = res
     x = Inputs(tiles, q, k, v, *ints)
-    dout = _pad(dout, tiles.nq * tiles.bq, 0)
-    if pallas:
-      from posjax.models import fused, flash_pallas
-      dq, dk, dv, dvars = flash_pallas.backward(module, variables, x, out, lse, dout, scale,
-                                                interpret=fused.emulated())
-    else:
-      dq, dk, dv, dvars = _backward(module, variables, x, out, lse, dout, scale)
+    dout = pad(dout, tiles.nq * tiles.bq, 0)
+    dq, dk, dv, dvars = backward(module, variables, x, out, lse, dout, scale)
     return (dvars, dq[:, :L].astype(q.dtype), dk[:, :S].astype(k.dtype),
             dv[:, :S].astype(v.dtype), jax.tree.map(lambda _: None, ints))
 

@@ -1,0 +1,11 @@
+"""Experiment suites: one command trains every run of a published comparison.
+
+  runner      flags, the plan of runs, resuming, the summary (``run_suite``)
+  launchers   how the runs execute: local processes or a SLURM job array (submitit)
+  report      every run as a ``RunRecord``; tables, markdown and CSV
+
+The suite definitions themselves are the scripts in the top-level
+``experiments/`` folder. Imports ``config_lib`` and ``workdir`` only: a suite
+trains and evaluates through the command line (``python -m posjax.main`` /
+``posjax.evaluate``), never by importing ``training``.
+"""
