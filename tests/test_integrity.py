@@ -127,7 +127,8 @@ def test_garbage_config_json_is_a_one_line_error_naming_it(finished, tmp_path):
   shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(workdir), '1', 'config'))
   with open(os.path.join(workdir, run_config.CONFIG_FILE), 'w') as f:
     f.write('{"trunc')
-  with pytest.raises(validation.ConfigError, match=r'^workdir: .*config.json is not a posjax config'):
+  with pytest.raises(validation.ConfigError,
+                     match=r'^workdir: .*config.json is not a posjax config'):
     loop.prepare(cfg, workdir)
 
 

@@ -139,8 +139,8 @@ def saved(corpus, tmp_path_factory):
   run_config.save_config(workdir, cfg)
   mngr, state = checkpoints.manager(workdir, cfg), trainer.init_state()
   for s in (N - 2, N - 1, N):
-    checkpoints.save(mngr, s, dict(state, step=jnp.int32(s)), tasks.for_config(cfg).train_iterator(),
-                    cfg)
+    checkpoints.save(mngr, s, dict(state, step=jnp.int32(s)),
+                     tasks.for_config(cfg).train_iterator(), cfg)
   mngr.close()
   return cfg, trainer, workdir
 
@@ -164,7 +164,8 @@ def test_unreadable_latest_checkpoint_is_skipped_with_a_warning(saved, tmp_path,
   with caplog.at_level(logging.WARNING):  # Analysis reads only params.
     assert restore.load_for_analysis(workdir).step == N - (damage != 'missing_item')
     mngr = checkpoints.manager(workdir, cfg)
-    state, step = checkpoints.restore(mngr, trainer.abstract_state, tasks.for_config(cfg).train_iterator())
+    state, step = checkpoints.restore(mngr, trainer.abstract_state,
+                                      tasks.for_config(cfg).train_iterator())
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert step == N - 1 and int(state['step']) == N - 1
   assert any(w.startswith(f'checkpoint step {N} in ') and 'unreadable' in w
