@@ -165,6 +165,8 @@ def base_config(posenc: str = 'rope') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.multihost = False
+  # Multi-process runs: a peer silent this long stops the others with one line.
+  c.peer_timeout_seconds = 60
   c.task = 'lm'
   # Steps.
   c.num_train_steps = 20_000

@@ -136,7 +136,8 @@ def run_job(config, workdir: str | None):
     final = loop.train_and_evaluate(config, workdir)  # Validates once, first.
   except (validation.ConfigError, validation.InputError, memory.ResourceError) as e:
     _fail(str(e), 2)
-  except (FloatingPointError, checkpoints.UnreadableCheckpointError) as e:
+  except (FloatingPointError, checkpoints.UnreadableCheckpointError,
+          checkpoints.SaveError) as e:
     _fail(str(e), 1)
   except KeyboardInterrupt:  # Before the first step (the loop itself saves and exits 130).
     _fail('interrupted (Ctrl-C) before training started; nothing was saved', 130)

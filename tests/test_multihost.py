@@ -43,9 +43,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(corpus: str, workdir: str, jit_cache: str) -> list[subprocess.Popen]:
+def _launch(corpus: str, workdir: str, jit_cache: str, **overrides) -> list[subprocess.Popen]:
   """``python -m posjax.main`` as process 0 and 1 of a 2-process job."""
-  flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  flags = [f'--config.{k}={v}' for k, v in {**OVERRIDES, **overrides}.items()]
   port = _free_port()
   procs = []
   for i in range(2):
@@ -159,6 +159,40 @@ def test_resumed_two_process_run_matches_one_process(preempted, corpus, jit_cach
   assert jax.tree.structure(got.params) == jax.tree.structure(want)
   for x, y in zip(jax.tree.leaves(got.params), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+PEER_TIMEOUT = 4
+
+
+def test_a_killed_peer_ends_the_survivor_with_one_line(corpus, jit_cache, tmp_path):
+  """kill -9 of process 1 mid-training: process 0, blocked in a collective, stops
+  within ``peer_timeout_seconds`` (plus a poll) with one line naming the lost
+  process, exit 1, no abort dump. (When the coordinator itself dies, JAX's client
+  aborts at once, before any Python code can run: not covered.)"""
+  victim = 1
+  workdir = str(tmp_path / 'run')
+  procs = _launch(corpus, workdir, jit_cache, num_train_steps=100_000, log_every_steps=1,
+                  peer_timeout_seconds=PEER_TIMEOUT)
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.monotonic() + TIMEOUT
+  while not (os.path.exists(metrics) and os.path.getsize(metrics)) and \
+      time.monotonic() < deadline and all(p.poll() is None for p in procs):
+    time.sleep(0.1)
+  procs[victim].kill()
+  killed_at = time.monotonic()
+  survivor = procs[1 - victim]
+  try:
+    _, err = survivor.communicate(timeout=PEER_TIMEOUT + 30)
+  finally:
+    for p in procs:
+      p.kill()
+      p.communicate()
+  waited = time.monotonic() - killed_at
+  lost = f'process {victim} of 2 stopped answering'
+  assert survivor.returncode == 1, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith(f'error: distributed: {lost}'), err[-3000:]
+  assert 'Traceback' not in err and 'Fatal' not in err and 'F1' not in err, err[-3000:]
+  assert waited < PEER_TIMEOUT + 25, waited
 
 
 @pytest.mark.parametrize('env, message', [

@@ -129,6 +129,79 @@ def test_interrupted_runs_reach_the_uninterrupted_params(corpus, tmp_path, caplo
   same_params(restore.load_for_analysis(damaged).params, params)
 
 
+def _enospc(*args, **kwargs):
+  raise ValueError('RESOURCE_EXHAUSTED: Error writing local file: No space left on device '
+                   "[os_error_code='28']")
+
+
+@pytest.mark.parametrize('fails', ['orbax_save', 'manifest'])
+def test_full_disk_is_one_line_keeps_the_last_step_and_resumes(fails, corpus, tmp_path, capsys,
+                                                                monkeypatch):
+  """A save that fails for lack of space (a tensorstore write, or the manifest
+  after it) stops the run with one line naming the step not saved and the one
+  intact; nothing of the failed step stays; the same command then resumes."""
+  import orbax.checkpoint as ocp
+  from posjax.workdir import integrity
+  cfg, workdir = tiny_config(corpus, num_train_steps=3, checkpoint_every_steps=1), str(tmp_path)
+  real_save = ocp.CheckpointManager.save
+  def save(self, step, *a, **k):  # Steps 1 saves; step 2 meets the full disk.
+    if step == 2 and fails == 'orbax_save':
+      _enospc()
+    return real_save(self, step, *a, **k)
+  real_manifest = integrity.write_manifest
+  def manifest(step_dir):
+    if step_dir.endswith(os.sep + '2') and fails == 'manifest':
+      _enospc()
+    return real_manifest(step_dir)
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
+  monkeypatch.setattr(integrity, 'write_manifest', manifest)
+  with pytest.raises(SystemExit) as e:
+    main.run_job(cfg, workdir)
+  out = capsys.readouterr().err
+  err = out.strip().splitlines()[-1]
+  assert e.value.code == 1 and 'Traceback' not in out
+  assert err.startswith(f'error: checkpoint: step 2 was not saved in {workdir}/checkpoints '
+                        '(ValueError: RESOURCE_EXHAUSTED'), err
+  assert err.endswith('); step 1 is intact; allowed: free space (or fix the error) and rerun '
+                      'the same command, which resumes'), err
+  assert steps(workdir) == [1] and not tmp_dirs(workdir)
+  monkeypatch.undo()
+  main.run_job(cfg, workdir)
+  assert 'resumed from step 1' in capsys.readouterr().err
+  assert steps(workdir) == [1, 2, 3]
+
+
+def test_restoring_beside_a_run_that_deletes_old_steps_never_fails(corpus, tmp_path, capfd):
+  """``load_for_analysis`` while a run saves every step and keeps only one: a step
+  deleted under the reader is skipped for the newer one (one warning line at
+  most), never an error or a tensorstore traceback."""
+  path = str(tmp_path / 'config.py')
+  with open(path, 'w') as f:
+    f.write(CONFIG_FILE.format(
+        test_train=os.path.join(ROOT, 'tests', 'test_train.py'), corpus=corpus,
+        overrides=dict(num_train_steps=400, checkpoint_every_steps=1, keep_checkpoints=1,
+                       log_every_steps=100, eval_every_steps=1000)))
+  workdir = str(tmp_path / 'run')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  writer = subprocess.Popen([sys.executable, '-m', 'posjax.main', f'--config={path}',
+                             f'--workdir={workdir}'], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 120
+    while not steps(workdir) and writer.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.05)
+    reads = []
+    while writer.poll() is None and len(reads) < 30:
+      reads.append(restore.load_for_analysis(workdir).step)
+  finally:
+    writer.kill()
+    writer.communicate()
+  assert len(reads) >= 10 and reads == sorted(reads), reads  # Raced a live writer.
+  err = capfd.readouterr().err
+  assert 'Traceback' not in err and 'Error' not in err.replace('UnreadableCheckpointError', ''), \
+      err[-3000:]
+
+
 @pytest.fixture(scope='module')
 def saved(corpus, tmp_path_factory):
   """A workdir with steps N-2, N-1, N (no training: a 1-device initial state,

@@ -14,7 +14,7 @@ import pytest
 
 from posjax import tasks
 from posjax.training import loop, sharding, steps, validation
-from posjax.workdir import restore
+from posjax.workdir import restore, run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,6 +175,40 @@ def test_sigterm_checkpoints_and_exits_zero(corpus, tmp_path, monkeypatch):
   assert e.value.code == 0
   assert restore.load_for_analysis(str(tmp_path)).step == 2
   assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_sigterm_during_evaluation_saves_at_once_and_evaluates_after_the_resume(
+    corpus, tmp_path, monkeypatch):
+  """A preemption must not wait for an evaluation (at paper scale it can outlast
+  SLURM's warning): the evaluation is abandoned after the batch in flight, the step
+  saved as still to be evaluated, and the resumed run evaluates it first and ends
+  bit-identical to an uninterrupted run."""
+  cfg = tiny_config(corpus, num_train_steps=4, eval_every_steps=2, num_eval_batches=6)
+  straight = str(tmp_path / 'straight')
+  loop.train_and_evaluate(cfg, straight)
+  real, asked = steps.Trainer.evaluate, []
+  def evaluate(self, params, eval_sets, stop=None):
+    def spy():  # SIGTERM arrives while the second of 12 batches runs.
+      asked.append(1)
+      if len(asked) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return stop()
+    return real(self, params, eval_sets, spy if stop else None)
+  monkeypatch.setattr(steps.Trainer, 'evaluate', evaluate)
+  stopped = str(tmp_path / 'stopped')
+  with pytest.raises(SystemExit) as e:
+    loop.train_and_evaluate(cfg, stopped)
+  assert e.value.code == 0 and len(asked) == 2  # No batch after the signal's.
+  assert run_config.latest_step(stopped) == 2 and run_config.pending_eval(stopped, 2)
+  assert not any('eval/loss@16' in r for r in _rows(stopped))
+  monkeypatch.setattr(steps.Trainer, 'evaluate', real)
+  loop.train_and_evaluate(cfg, stopped)
+  evals = lambda w: [r for r in _rows(w) if 'eval/loss@16' in r]  # noqa: E731
+  assert [r['step'] for r in evals(stopped)] == [2, 4]
+  assert evals(stopped) == evals(straight)
+  a, b = restore.load_for_analysis(straight), restore.load_for_analysis(stopped)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_nan_loss_stops_naming_the_step(corpus, tmp_path, monkeypatch):

@@ -16,12 +16,20 @@ step with every process. A single process keeps a plain SIGTERM flag. Ctrl-C
 (SIGINT) asks for the same stop, with exit code 130 (SIGTERM: 0); with several
 processes it is passed on as a SIGTERM to this process, so the stop is agreed too.
 A second Ctrl-C interrupts at once.
+
+``PeerWatch`` ends a process whose peer died (killed, out of memory, its host
+gone) within ``config.peer_timeout_seconds``, with one line naming the lost
+process, instead of leaving it in a collective that never returns until JAX's
+coordination service aborts it with a core dump.
 """
 from __future__ import annotations
 
 import itertools
 import os
 import signal
+import sys
+import threading
+import time
 
 import jax
 
@@ -74,14 +82,26 @@ def maybe_initialize(config) -> None:
   if jax.distributed.is_initialized():
     return
   kwargs = env_args()
+  # JAX's own heartbeat (abort with a dump) only well after PeerWatch's line.
+  heartbeat = dict(heartbeat_timeout_seconds=max(100, 3 * _peer_timeout(config)))
   if kwargs:  # Explicit: no cluster auto-detection (SLURM's would hide GPUs).
-    jax.distributed.initialize(**kwargs, cluster_detection_method='deactivate')
+    jax.distributed.initialize(**kwargs, **heartbeat, cluster_detection_method='deactivate')
   elif config.get('multihost', False):
     try:
-      jax.distributed.initialize()
+      jax.distributed.initialize(**heartbeat)
     except ValueError as e:  # Auto-detection found no cluster.
       raise ValueError(f'multihost: jax.distributed found no cluster ({e}); allowed: '
                        f'Cloud TPU, SLURM or Open MPI, or {_ALLOWED}') from None
+
+
+def _stop_process(what: str) -> None:
+  """One ``error:`` line and exit 1, from any thread, skipping JAX's shutdown
+  (which aborts once a peer is lost)."""
+  sys.stderr.write(f'\nerror: distributed: {what}; process {jax.process_index()} stops '
+                   'too; allowed: rerun every process, which resumes from the last '
+                   'checkpoint\n')
+  sys.stderr.flush()
+  os._exit(1)
 
 
 def _synchronised() -> bool:
@@ -147,3 +167,78 @@ class Preemption:
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)
     return False
+
+
+def _peer_timeout(config) -> int:
+  return int(config.get('peer_timeout_seconds', 60))  # Validated positive.
+
+
+class PeerWatch:
+  """``with PeerWatch(config): train``: in a multi-process run, every process
+  bumps its own counter in the coordination service's key-value store each
+  second, and a daemon thread watches the others'. A peer whose counter stood
+  still for ``peer_timeout_seconds`` (and that did not finish), or a coordinator
+  that stopped answering, ends this process: one ``error:`` line, exit 1. The
+  main thread may be inside a collective that will never return, so the exit is
+  ``os._exit``. A clean exit (finished, or preempted and saved) marks the process
+  done, so peers that finish later do not take it for lost."""
+
+  PREFIX = 'posjax/peer_watch/'
+
+  def __init__(self, config):
+    self.timeout = _peer_timeout(config)
+    self.stopped = threading.Event()
+    self.client, self.watching = None, False
+
+  def __enter__(self):
+    from jax._src import distributed as jax_distributed  # No public accessor.
+    self.client = jax_distributed.global_state.client
+    self.watching = self.client is not None and jax.process_count() > 1
+    if self.watching:
+      threading.Thread(target=self._watch, name='posjax-peer-watch', daemon=True).start()
+    return self
+
+  def __exit__(self, kind, value, tb):
+    if self.watching and kind is not None and issubclass(kind, jax.errors.JaxRuntimeError):
+      # A collective failed (gloo: "connection closed by peer"): a peer is likely
+      # gone; the watch names it within the timeout. (Raising on would end in
+      # JAX's shutdown, which aborts with a dump once a peer is lost.)
+      time.sleep(self.timeout + 2)
+      _stop_process(f'a collective failed ({" ".join(str(value).split())[:160]})')
+    clean = kind is None or (kind is SystemExit and value.code in (0, 130, None))
+    if self.watching and clean:
+      try:
+        self.client.key_value_set(f'{self.PREFIX}done/{jax.process_index()}', '1', True)
+      except Exception:  # A coordinator already gone: nothing to tell.
+        pass
+    self.stopped.set()
+    return False
+
+  def _watch(self) -> None:
+    me, n = jax.process_index(), jax.process_count()
+    last = {p: (None, time.monotonic()) for p in range(n) if p != me}
+    beat = 0
+    while not self.stopped.wait(1.0):
+      beat += 1
+      try:
+        self.client.key_value_set(f'{self.PREFIX}beat/{me}', str(beat), True)
+        for p, (value, since) in last.items():
+          now = self._read(f'beat/{p}')
+          if now != value:
+            last[p] = (now, time.monotonic())
+          elif time.monotonic() - since > self.timeout and self._read(f'done/{p}') is None:
+            _stop_process(f'process {p} of {n} stopped answering (no heartbeat for '
+                       f'{self.timeout} s, config.peer_timeout_seconds)')
+      except Exception as e:  # The coordination service itself is gone.
+        if not self.stopped.is_set():
+          _stop_process(f'the coordinator (process 0 of {n}) stopped answering '
+                     f'({type(e).__name__}: {" ".join(str(e).split())[:120]})')
+
+  def _read(self, key: str) -> str | None:
+    try:
+      return self.client.key_value_try_get(self.PREFIX + key)
+    except Exception as e:
+      if 'NOT_FOUND' in str(e) or 'not found' in str(e).lower():
+        return None
+      raise
+

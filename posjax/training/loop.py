@@ -114,6 +114,7 @@ class _Loop:
     self.window: list[dict[str, Any]] = []
     self.last_log = time.perf_counter()
     self.pending = None  # (step, metrics on device) of the previous step.
+    self.eval_abandoned = False  # A stop came during this step's evaluation.
 
   def flush(self) -> None:
     """Reads the pending step's metrics (a NaN loss stops the run)."""
@@ -144,9 +145,16 @@ class _Loop:
     self.final.update(out)
     self.window, self.last_log = [], now
 
-  def evaluate(self, step: int, state) -> None:
+  def evaluate(self, step: int, state, stop=None) -> None:
+    """Evaluates, or abandons the evaluation when ``stop()`` turns True (a
+    preemption must not wait for it): the step is then saved as still to be
+    evaluated, and the evaluation runs first after the resume."""
     self.flush()
-    ev = self.trainer.evaluate(state['params'], self.eval_sets)
+    ev = self.trainer.evaluate(state['params'], self.eval_sets, stop)
+    self.eval_abandoned = ev is None
+    if ev is None:
+      _say(f'\nstep {step} eval: abandoned to stop; it runs first after the resume\n')
+      return
     self.writer.write(step, ev)
     self.final.update(ev)
     _say(f'\nstep {step} eval: ' + '  '.join(
@@ -155,11 +163,17 @@ class _Loop:
   def checkpoint(self, step: int, state) -> None:
     self.flush()
     checkpoints.save(self.mngr, step, state, self.data_iter, self.config,
-                    self.trainer.task.data_fingerprint())
+                     self.trainer.task.data_fingerprint(), pending_eval=self.eval_abandoned)
 
-  def run(self, state, start: int):
+  def run(self, state, start: int, evaluate_first: bool = False):
+    """Steps ``start + 1 .. num_train_steps``; ``evaluate_first``: the restored
+    step ``start`` was saved before its evaluation finished."""
     c, total = self.config, self.config.num_train_steps
     with distributed.Preemption(self.mngr) as preempt:
+      if evaluate_first:
+        self.evaluate(start, state, lambda: preempt.reached(start))
+        if self.eval_abandoned:  # Step ``start`` is saved, still to be evaluated.
+          self.stop(preempt, start)
       for step in range(start + 1, total + 1):  # ``step`` = steps done after it.
         self.profiler.before(step)
         state, step_metrics = self.trainer.train_step(state, next(self.data_iter))
@@ -167,17 +181,21 @@ class _Loop:
         self.pending = (step, step_metrics)
         self.profiler.after(step, state)
         if step % c.eval_every_steps == 0 or step == total:
-          self.evaluate(step, state)
-        stop = preempt.reached(step)
+          self.evaluate(step, state, lambda: preempt.reached(step))
+        stop = self.eval_abandoned or preempt.reached(step)
         if step % c.checkpoint_every_steps == 0 or step == total or stop:
           self.checkpoint(step, state)
         if stop:
-          self.close()
-          logging.warning('preempted: saved a checkpoint at step %d; exiting', step)
-          _say(f'\nstopped by {preempt.signal_name}: checkpoint saved at step {step}\n')
-          sys.exit(preempt.exit_code)
+          self.stop(preempt, step)
       self.flush()
     return state
+
+  def stop(self, preempt, step: int) -> None:
+    """Exits after a preemption (SIGTERM, Ctrl-C) with step ``step`` saved."""
+    self.close()
+    logging.warning('preempted: saved a checkpoint at step %d; exiting', step)
+    _say(f'\nstopped by {preempt.signal_name}: checkpoint saved at step {step}\n')
+    sys.exit(preempt.exit_code)
 
   def close(self) -> None:
     self.writer.close()
@@ -205,7 +223,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     except ValueError as e:
       raise ConfigError(str(e)) from None
   try:
-    return _run(config, trainer, data_iter, eval_sets, workdir, init_params)
+    with distributed.PeerWatch(config):
+      return _run(config, trainer, data_iter, eval_sets, workdir, init_params)
   except (ConfigError, InputError, memory.ResourceError):
     _undo_new_run(workdir, before)
     raise
@@ -260,7 +279,7 @@ def _run(config, trainer: Trainer, data_iter, eval_sets, workdir: str,
     data_iter = _iterator_for_changed_data(trainer.task, workdir, start, data_iter)
   loop = _Loop(config, trainer, mngr, data_iter, eval_sets, workdir, start)
   try:
-    state = loop.run(state, start)
+    state = loop.run(state, start, start > 0 and run_config.pending_eval(workdir, start))
   finally:
     _say('\n')
   if not any(k.startswith('eval/') for k in loop.final):  # Resumed a finished run.

@@ -128,15 +128,24 @@ class Trainer:
       with memory.translate_oom():
         return self._compiled_step(state, batch)
 
-  def evaluate(self, params, eval_sets) -> dict[str, float]:
-    """Metrics of every eval set (one per length, or per split), in one pass."""
-    results, index = {}, 0
+  def evaluate(self, params, eval_sets, stop=None) -> dict[str, float] | None:
+    """Metrics of every eval set (one per length, or per split), in one pass.
+
+    ``stop``: asked after each batch once the batch before it has finished (one
+    in flight); when it answers True the evaluation is abandoned: None.
+    """
+    results, index, previous = {}, 0, None
     with self._context():
       for name, batches in eval_sets.items():
         results[name] = []
         for b in batches:
           results[name].append(self._eval_step(params, self.global_batch(b), np.int32(index)))
           index += 1
+          if stop is not None:
+            jax.block_until_ready(previous)
+            if stop():
+              return None
+            previous = results[name][-1]
     out = {}
     for name, rs in zip(results, jax.device_get(list(results.values()))):  # (Mixed key types.)
       sums = {k: sum(float(r[k]) for r in rs) for k in rs[0]}

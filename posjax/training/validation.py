@@ -17,7 +17,7 @@ from posjax.training import optim, sharding
 
 _POSITIVE = ('num_train_steps', 'seq_len', 'log_every_steps', 'eval_every_steps',
              'checkpoint_every_steps', 'keep_checkpoints', 'grad_accum_steps',
-             'num_eval_batches')
+             'num_eval_batches', 'peer_timeout_seconds')
 
 
 class ConfigError(ValueError):
@@ -92,7 +92,7 @@ def _check_parallelism(config) -> None:
 
 def _check_steps(config, mcfg) -> None:
   for name in _POSITIVE:
-    if int(config[name]) <= 0:
+    if name in config and int(config[name]) <= 0:  # (Configs saved before a field existed.)
       raise ValueError(f'{name}: got {config[name]!r}; allowed: a positive integer')
   if config.seq_len > mcfg.max_len:
     raise ValueError(f'seq_len: got {config.seq_len}; allowed: <= model.max_len='

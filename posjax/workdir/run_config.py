@@ -94,6 +94,11 @@ def saved_data_fingerprint(workdir: str, step: int) -> str:
   return _step_metadata(checkpoint_dir(workdir), step).get('data_fingerprint', '')
 
 
+def pending_eval(workdir: str, step: int) -> bool:
+  """Whether ``step`` was saved before its evaluation finished (a preemption)."""
+  return bool(_step_metadata(checkpoint_dir(workdir), step).get('pending_eval', False))
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """``<workdir>/config.json``; ValueError naming the file if it is not one."""
   path = os.path.join(workdir, CONFIG_FILE)
