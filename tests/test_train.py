@@ -275,3 +275,8 @@ def test_init_from_starts_a_new_run_from_another_runs_parameters(corpus, tmp_pat
     loop.train_and_evaluate(tiny_config(corpus, num_train_steps=1, warmup_steps=0, init_from=base,
                                          **{'model.mlp_dim': 48}), str(tmp_path / 'other'))
   assert not os.path.exists(tmp_path / 'other')
+  typo = tmp_path / 'bsae'  # A missing source: one line, and nothing created there.
+  with pytest.raises(validation.ConfigError, match=r'^init_from: cannot initialise from .*'
+                     r'FileNotFoundError: no checkpoint in '):
+    loop.train_and_evaluate(tiny_config(corpus, init_from=str(typo)), str(tmp_path / 'third'))
+  assert not os.path.exists(typo) and not os.path.exists(tmp_path / 'third')
