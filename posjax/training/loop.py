@@ -257,9 +257,10 @@ def _init_from(config, trainer: Trainer, workdir: str):
   try:
     params, step = checkpoints.restore_params(source, trainer.abstract_state['params'])
   except Exception as e:  # Orbax raises many types for a tree that does not fit.
+    cause = ' '.join(str(e).split()).split('; allowed:')[0]  # Its own advice does not apply.
     raise ConfigError(f'init_from: cannot initialise from {source} ({type(e).__name__}: '
-                      f'{" ".join(str(e).split())[:160]}); allowed: a workdir whose '
-                      'checkpoints have this model\'s parameter shapes') from None
+                      f'{cause[:160]}{"..." if len(cause) > 160 else ""}); allowed: a workdir '
+                      'whose checkpoints have this model\'s parameter shapes') from None
   _say(f'initialised from {source} (step {step})\n')
   return params
 

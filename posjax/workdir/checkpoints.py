@@ -118,7 +118,8 @@ _ABANDONED = ('Event loop is closed', 'cannot schedule new futures after shutdow
 
 
 def _abandoned(exc) -> bool:
-  return isinstance(exc, RuntimeError) and str(exc) in _ABANDONED
+  return ((isinstance(exc, RuntimeError) and str(exc) in _ABANDONED)
+          or str(exc).startswith('Encountered error while reading array index'))
 
 
 class _DropAbandoned:
@@ -146,9 +147,15 @@ def _quiet_abandoned_io() -> None:
     sys.excepthook = _DropAbandoned(sys.excepthook, unraisable=False)
     std_logging.getLogger('asyncio').addFilter(lambda r: not r.getMessage().startswith(
         ('Future exception was never retrieved', 'Task exception was never retrieved')))
-    # Orbax's background threads log the error they then raise in the caller.
-    std_logging.getLogger('absl').addFilter(
-        lambda r: '_SignalingThread.run() raised an exception' not in r.getMessage())
+    # Orbax's background threads log the error they then raise in the caller, and
+    # a reader's manager notes that it is read-only (its normal case).
+    std_logging.getLogger('absl').addFilter(_not_an_orbax_echo)
+
+
+def _not_an_orbax_echo(record) -> bool:
+  message = record.getMessage()
+  return not ('_SignalingThread.run() raised an exception' in message or message.startswith(
+      ('CheckpointManagerOptions.read_only=True', 'Given directory is read only')))
 
 
 def _newest_readable(mngr: ocp.CheckpointManager, restore_step, retry_new_steps: bool = False):
