@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 
-from absl import app, flags
-import jax
-import jax.numpy as jnp
+if __name__ == '__main__':  # This checkout's posjax, whatever posjax is installed.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from posjax import models
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from posjax import models  # noqa: E402
 
 flags.DEFINE_list('lengths', ['1024', '4096', '8192', '16384'], 'Sequence lengths.')
 flags.DEFINE_list('posencs', ['none', 'rope', 'alibi', 't5', 'kerple_log', 'fire'],
@@ -159,5 +163,16 @@ def main(argv):
         f'block_size {FLAGS.block_size}, dtype {FLAGS.dtype}', flush=True)
 
 
+HELP_FLAGS = ('--help', '-help', '-h', '--helpshort', '-?', '--helpfull')
+
+
+def run(main_fn) -> None:
+  """``app.run(main_fn)``, but ``--help`` exits 0 (absl's exits 1)."""
+  help_flags = [a for a in sys.argv[1:] if a.partition('=')[0] in HELP_FLAGS]
+  if help_flags:
+    app.usage(shorthelp='--helpfull' not in help_flags, writeto_stdout=True, exitcode=0)
+  app.run(main_fn)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run(main)

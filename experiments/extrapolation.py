@@ -20,6 +20,9 @@ Any corpus: ``--config.data.path='~/corpus/*.txt'`` (passed to every run).
 import os
 import sys
 
+if __name__ == '__main__':  # This checkout's posjax and configs/, whatever posjax is installed.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from posjax import encodings
 from posjax.analysis import charts
 from posjax.suites import runner

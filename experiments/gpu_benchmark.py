@@ -32,11 +32,13 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+if __name__ == '__main__':  # This checkout's posjax, whatever posjax is installed.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import attention_benchmark as ab  # noqa: E402  (its flags: --repeats, --dtype, ...)
 from posjax import config_lib  # noqa: E402
 from posjax.training import memory  # noqa: E402
@@ -153,4 +155,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  ab.run(main)  # app.run, with --help exiting 0.

@@ -24,6 +24,9 @@ import os
 import statistics
 import sys
 
+if __name__ == '__main__':  # This checkout's posjax and configs/, whatever posjax is installed.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from posjax.analysis import charts
 from posjax.data import synthetic
 from posjax.suites import runner

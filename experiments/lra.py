@@ -20,6 +20,9 @@ split; paper = the LRA reference configs
 import os
 import sys
 
+if __name__ == '__main__':  # This checkout's posjax and configs/, whatever posjax is installed.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from posjax.suites import runner
 from posjax.suites import report as report_lib
 

@@ -28,6 +28,9 @@ of at least ``PASSKEY_MIN`` bytes: a depth x length heat map per run
 import os
 import sys
 
+if __name__ == '__main__':  # This checkout's posjax and configs/, whatever posjax is installed.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from posjax.analysis import charts
 from posjax.data import passkey
 from posjax.encodings import rotary

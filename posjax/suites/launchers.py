@@ -1,42 +1,30 @@
 """How the runs of an experiment suite execute (``posjax.suites.runner``).
 
-``execute(cmd, run_dir)`` runs one command with its output in ``run_dir/log.txt``
-and its outcome in ``run_dir/status.json``; ``launch_local`` runs jobs in a pool of
-``parallel`` processes, ``launch_slurm`` as one submitit job array (SLURM, or
-submitit's ``local`` executor). Both print a progress line per run (``Progress``)
-and return ``{run name: status}``. A job is anything with ``run.name``, ``dir``,
-``command`` and ``total`` (its number of training steps).
+``launch_local`` runs jobs ``parallel`` at a time, ``launch_slurm`` as one
+submitit job array (SLURM, or submitit's ``local`` executor), each run through
+``posjax.suites.process.execute``. Both print a progress line per run
+(``Progress``) and return ``{run name: status}``. A job is anything with
+``run.name``, ``dir``, ``command`` and ``total`` (its number of training steps).
+After Ctrl-C or SIGTERM on the runner (``STOP``) no queued run starts (``not
+started``), the live ones get SIGTERM (``interrupted``) and a job array is cancelled.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from typing import Callable
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STATUS_FILE, LOG_FILE = 'status.json', 'log.txt'
+from posjax.suites.process import (
+    LOG_FILE, STATUS_FILE, STOP, STOP_SECONDS, Damaged, Requeueable, checkout_env, execute,
+    not_started, read_json_file, write_json)
+
 PROGRESS_SECONDS = 30.0  # At most one progress line per run this often.
-
-
-def read_json(path: str) -> dict:
-  try:
-    with open(path) as f:
-      out = json.load(f)
-    return out if isinstance(out, dict) else {}
-  except (OSError, ValueError):
-    return {}
-
-
-def write_json(path: str, value: dict) -> None:
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(path + '.tmp', path)
 
 
 def last_step(run_dir: str) -> int:
@@ -52,74 +40,6 @@ def last_step(run_dir: str) -> int:
   except OSError:
     pass
   return step
-
-
-def failure_reason(log_path: str, returncode: int) -> str:
-  """The log's last ``error:`` line, else its last line (a traceback's exception)."""
-  try:
-    with open(log_path, errors='replace') as f:
-      lines = [l.strip() for l in f.read().replace('\r', '\n').split('\n') if l.strip()]
-  except OSError:
-    lines = []
-  errors = [l for l in lines if l.startswith('error:')]
-  reason = errors[-1] if errors else (lines[-1] if lines else 'no output')
-  if returncode < 0:  # Killed before it could say why.
-    return f'killed by {signal.Signals(-returncode).name}: {reason[:300]}'
-  return f'exit code {returncode}: {reason[:300]}'
-
-
-def execute(cmd: list[str], run_dir: str, preexec: Callable | None = None) -> dict:
-  """Runs ``cmd`` (from the repository root) with its output in ``run_dir/log.txt``;
-  writes and returns its status.json. ``preexec`` runs in the child before ``cmd``."""
-  os.makedirs(run_dir, exist_ok=True)
-  log, path = os.path.join(run_dir, LOG_FILE), os.path.join(run_dir, STATUS_FILE)
-  cmd = [sys.executable if c == 'python' and i == 0 else c for i, c in enumerate(cmd)]
-  status = {'status': 'running', 'reason': '', 'log': log, 'command': cmd, 'seconds': 0.0}
-  write_json(path, status)
-  start = time.time()
-  with open(log, 'w') as out:
-    child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                             preexec_fn=preexec)
-    _CHILD[run_dir] = child
-    while (rc := child.poll()) is None:  # Not wait(): a signal handler may wait too.
-      time.sleep(0.5)
-  status.update(status='finished' if rc == 0 else 'failed', seconds=time.time() - start,
-                reason='' if rc == 0 else failure_reason(log, rc))
-  write_json(path, status)
-  return status
-
-
-_CHILD = {}  # run_dir -> the running command, for Requeueable.checkpoint.
-STOP_SECONDS = 60.0  # How long a stopped run may take to write its checkpoint.
-
-
-def _ignore_submitit_signal() -> None:
-  """SLURM sends the time-limit signal to every process of the job; the run must
-  live on to get the SIGTERM that makes it checkpoint."""
-  name = os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')
-  signal.signal(getattr(signal, f'SIG{name}', signal.SIGUSR2), signal.SIG_IGN)
-
-
-class Requeueable:
-  """``execute`` as a submitit job array runs it: when SLURM signals the time limit
-  or a preemption, submitit calls ``checkpoint``, which stops the run with SIGTERM
-  (posjax saves a checkpoint and exits) and hands submitit the same call to requeue;
-  the requeued job resumes from that checkpoint (at most ``max_num_timeout`` times).
-  The job's process has one thread, so ``preexec_fn`` is safe there."""
-
-  def __call__(self, cmd: list[str], run_dir: str) -> dict:
-    return execute(cmd, run_dir, preexec=_ignore_submitit_signal)
-
-  def checkpoint(self, cmd: list[str], run_dir: str):
-    import submitit
-    child = _CHILD.get(run_dir)
-    if child is not None and child.poll() is None:
-      child.terminate()
-      try:
-        child.wait(STOP_SECONDS)
-      except subprocess.TimeoutExpired:
-        child.kill()
-    return submitit.helpers.DelayedSubmission(self, cmd, run_dir)
 
 
 # ----------------------------------------------------------------------------
@@ -155,8 +75,18 @@ class Progress:
 
   def end(self, job, status: dict) -> None:
     took = _duration(status.get('seconds', 0.0))
-    self._say(job, f'finished in {took}' if status['status'] == 'finished'
-              else f'failed: {status["reason"]} (log: {status["log"]})')
+    state = status['status']
+    if state == 'finished':
+      self._say(job, f'finished in {took}')
+    elif state == 'not started':
+      self._say(job, f'not started: {status["reason"]}')
+    else:
+      self._say(job, f'{state}: {status["reason"]} (log: {status["log"]})')
+
+  def note(self, text: str) -> None:
+    with self.lock:
+      sys.stdout.write(text + '\n')
+      sys.stdout.flush()
 
 
 def _duration(seconds: float) -> str:
@@ -165,12 +95,16 @@ def _duration(seconds: float) -> str:
 
 
 def _wait(futures: dict, progress: Progress, result: Callable,
-          gone: Callable = lambda fut: False) -> dict:
+          gone: Callable = lambda fut: False, on_stop: Callable | None = None) -> dict:
   """Polls ``{future: job}`` until every one is done (or ``gone``);
-  ``result(future, job)`` -> status."""
+  ``result(future, job)`` -> status; after a ``STOP``, ``on_stop(pending)`` gives
+  the statuses of those not done."""
   out = {}
   pending = dict(futures)
   while pending:
+    if STOP.by and on_stop is not None:
+      out.update(on_stop(pending))
+      break
     for fut, job in list(pending.items()):
       if fut.done() or gone(fut):
         out[job.run.name] = result(fut, job)
@@ -178,18 +112,42 @@ def _wait(futures: dict, progress: Progress, result: Callable,
         del pending[fut]
       else:
         progress.poll(job)
-    time.sleep(0.5 if pending else 0)
+    time.sleep(0.2 if pending else 0)
   return out
 
 
 def launch_local(jobs: list, progress: Progress, parallel: int = 1) -> dict:
-  """The jobs in a pool of ``parallel`` processes, in order."""
+  """The jobs ``parallel`` at a time, in order. After a ``STOP`` no queued job
+  starts (``not started``) and the live ones get SIGTERM (SIGKILL after
+  STOP_SECONDS or at a second signal); their status says ``interrupted``."""
+  queue, running, out = list(jobs), {}, {}
+  stopping = None  # When the stop was seen.
   with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
-    def start_and_execute(job):
-      progress.start(job)
-      return execute(job.command, job.dir)
-    futures = {pool.submit(start_and_execute, job): job for job in jobs}
-    return _wait(futures, progress, lambda fut, job: fut.result())
+    while running or (queue and not STOP.by):
+      if STOP.by and stopping is None:
+        stopping = time.time()
+        live = STOP.stop_children()
+        progress.note(f'{STOP.by}: stopping: {live} live run(s) sent SIGTERM (posjax saves '
+                      f'a checkpoint), {len(queue)} queued run(s) not started; '
+                      f'{STOP.by} again kills them at once')
+      if stopping is not None and (STOP.count > 1 or time.time() - stopping > STOP_SECONDS):
+        STOP.kill_children()
+      while queue and len(running) < parallel and not STOP.by:
+        job = queue.pop(0)
+        progress.start(job)
+        running[pool.submit(execute, job.command, job.dir)] = job
+      for fut, job in list(running.items()):
+        if fut.done():
+          out[job.run.name] = fut.result()
+          progress.end(job, out[job.run.name])
+          del running[fut]
+        else:
+          progress.poll(job)
+      time.sleep(0.2 if running else 0)
+  for job in queue:
+    out[job.run.name] = not_started(job)
+    progress.end(job, out[job.run.name])
+  return out
 
 
 def slurm_executor(folder: str, cluster: str, **params):
@@ -207,8 +165,10 @@ def slurm_executor(folder: str, cluster: str, **params):
 
 def launch_slurm(jobs: list, progress: Progress, executor) -> dict:
   """One job array (``executor.batch()``) of ``Requeueable`` runs; a job that dies
-  outside posjax (node failure, too many time limits) is failed with the reason."""
-  with executor.batch():
+  outside posjax (node failure, too many time limits) is failed with the reason.
+  After a ``STOP`` every job not done is cancelled (``job.cancel()``: scancel):
+  ``interrupted`` if it had started, else ``not started``."""
+  with _checkout_pythonpath(), executor.batch():  # Submitted at exit of batch().
     submitted = [executor.submit(Requeueable(), job.command, job.dir) for job in jobs]
   for job, sub in zip(jobs, submitted):
     progress.start(job)
@@ -225,8 +185,50 @@ def launch_slurm(jobs: list, progress: Progress, executor) -> dict:
       os.makedirs(job.dir, exist_ok=True)
       write_json(os.path.join(job.dir, STATUS_FILE), status)
       return status
+
+  def cancel(pending: dict) -> dict:
+    progress.note(f'{STOP.by}: stopping: cancelling {len(pending)} job(s) of the array '
+                  f'(a running posjax run saves a checkpoint at the SIGTERM)')
+    out = {}
+    for sub, job in pending.items():
+      try:
+        sub.cancel(check=False)
+      except Exception as e:  # scancel missing or failing: say so, go on.
+        progress.note(f'  could not cancel job {sub.job_id} ({job.run.name}): {e}')
+      path = os.path.join(job.dir, STATUS_FILE)
+      try:
+        current = read_json_file(path) or {}
+      except Damaged:
+        current = {}
+      if current.get('status') == 'running':  # Its execute started on a node.
+        out[job.run.name] = {
+            'seconds': 0.0, **current, 'status': 'interrupted', 'command': job.command,
+            'log': os.path.join(job.dir, LOG_FILE),
+            'reason': f'the runner was stopped ({STOP.by}): job {sub.job_id} cancelled'}
+        write_json(path, out[job.run.name])
+      else:
+        out[job.run.name] = not_started(
+            job, f'the runner was stopped ({STOP.by}): job {sub.job_id} cancelled before it started')
+      progress.end(job, out[job.run.name])
+    return out
+
   gone = SlurmQueue().gone if executor.cluster == 'slurm' else (lambda sub: False)
-  return _wait(dict(zip(submitted, jobs)), progress, result, gone)
+  return _wait(dict(zip(submitted, jobs)), progress, result, gone, on_stop=cancel)
+
+
+@contextlib.contextmanager
+def _checkout_pythonpath():
+  """``PYTHONPATH`` as ``checkout_env`` sets it, inside (what submitit's ``sbatch``
+  or local processes inherit)."""
+  old = os.environ.get('PYTHONPATH')
+  os.environ['PYTHONPATH'] = checkout_env()['PYTHONPATH']
+  try:
+    yield
+  finally:
+    if old is None:
+      os.environ.pop('PYTHONPATH', None)
+    else:
+      os.environ['PYTHONPATH'] = old
 
 
 class SlurmQueue:

@@ -17,6 +17,14 @@ Every run is an ordinary ``python -m posjax.main`` run in ``DIR/<name>`` (resuma
 resumes them); ``DIR/suite.json`` records the suite, scale and overrides, and a rerun
 with other settings is refused. ``Run.evaluate`` runs ``posjax.evaluate`` instead:
 the params of ``Run.base`` evaluated under this run's config (zero-shot changes).
+
+One runner per suite directory: it holds ``DIR/.posjax.lock`` (``posjax.workdir.lock``)
+before it writes anything, and a second one is refused in one line (exit 2);
+``--report`` and ``--dry_run`` write no run state and need no lock. Ctrl-C or
+SIGTERM stops the live runs (they save a checkpoint), starts no queued one, and
+ends with the summary and the report (exit 130). A damaged ``suite.json`` is
+refused in one line, a damaged run ``status.json`` is a warning and the run reruns.
+A suite script runs the posjax and ``configs/`` of its own checkout (``REPO``).
 """
 from __future__ import annotations
 
@@ -32,9 +40,12 @@ from absl import flags
 
 from posjax import config_lib
 from posjax.suites import launchers
-from posjax.suites.launchers import REPO, STATUS_FILE, read_json, write_json
-
-SUITE_FILE = 'suite.json'
+from posjax.suites.cli import HELP_FLAGS, define_flags, split_config_flags, usage
+from posjax.suites.launchers import STATUS_FILE, write_json
+from posjax.suites.process import REPO
+from posjax.suites.suite_dir import (UsageError, check_suite_file, is_finished, lock_suite,
+                                     note_busy, write_report)
+from posjax.workdir import lock as workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +61,6 @@ class Run:
   note: str = ''
   base: str = ''
   evaluate: bool = False
-
-
-class UsageError(ValueError):
-  """A bad flag or workdir: one line, exit code 2."""
 
 
 # ----------------------------------------------------------------------------
@@ -131,82 +138,7 @@ def plan(runs: list[Run], suite_dir: str, overrides: Mapping[str, str]) -> list[
 
 
 # ----------------------------------------------------------------------------
-# State on disk.
-
-def is_finished(job: Job) -> bool:
-  """Finished: status.json says so and the run reached its step count
-  (a checkpoint at ``num_train_steps``; an evaluation: its metrics)."""
-  if read_json(os.path.join(job.dir, STATUS_FILE)).get('status') != 'finished':
-    return False
-  if job.run.evaluate:
-    return os.path.exists(os.path.join(job.dir, 'metrics.jsonl'))
-  ckpts = os.path.join(job.dir, 'checkpoints')
-  steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
-  return max(steps, default=-1) >= job.total
-
-
-def check_suite_file(suite_dir: str, settings: dict, runs: list[str], write: bool) -> None:
-  """Refuses a workdir made with other settings; records them (and the run names)."""
-  path = os.path.join(suite_dir, SUITE_FILE)
-  saved = read_json(path)
-  if saved:
-    old = {k: saved.get(k) for k in settings}
-    if old != settings:
-      diff = ', '.join(f'{k} ({old[k]!r} -> {settings[k]!r})' for k in settings
-                       if old[k] != settings[k])
-      raise UsageError(f'--workdir: {suite_dir} holds a suite run with other settings: '
-                       f'{diff}; allowed: the same settings, or a new workdir')
-  if write:
-    os.makedirs(suite_dir, exist_ok=True)
-    write_json(path, {**settings, 'runs': runs})
-
-
-# ----------------------------------------------------------------------------
 # The command line of every suite.
-
-def _flags() -> flags.FlagValues:
-  fv = flags.FlagValues()
-  flags.DEFINE_string('workdir', None, 'Suite directory: one subdirectory per run.',
-                      flag_values=fv)
-  flags.DEFINE_enum('scale', 'local', ['local', 'paper'], "local: minutes on a CPU; "
-                    "paper: the paper's sizes, lengths and steps.", flag_values=fv)
-  flags.DEFINE_list('only', [], 'Run names or globs (their base runs are added).',
-                    flag_values=fv)
-  flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'print'],
-                    'local: here; slurm: a submitit job array; print: the command lines.',
-                    flag_values=fv)
-  flags.DEFINE_integer('parallel', 1, 'local: runs at a time.', lower_bound=1, flag_values=fv)
-  flags.DEFINE_string('slurm_partition', '', 'slurm: partition.', flag_values=fv)
-  flags.DEFINE_string('slurm_account', '', 'slurm: account.', flag_values=fv)
-  flags.DEFINE_integer('slurm_gpus_per_node', 1, 'slurm: GPUs per run (one node).',
-                       lower_bound=0, flag_values=fv)
-  flags.DEFINE_integer('slurm_cpus_per_task', 8, 'slurm: CPUs per run.', lower_bound=1,
-                       flag_values=fv)
-  flags.DEFINE_integer('slurm_time_min', 240, 'slurm: time limit per run (minutes).',
-                       lower_bound=1, flag_values=fv)
-  flags.DEFINE_integer('slurm_array_parallelism', 64, 'slurm: runs at a time.',
-                       lower_bound=1, flag_values=fv)
-  flags.DEFINE_enum('submitit_cluster', 'slurm', ['slurm', 'local', 'debug'],
-                    "slurm: sbatch; local / debug: submitit's executors on this machine.",
-                    flag_values=fv)
-  flags.DEFINE_bool('report', False, 'Only write the report of the runs there are.',
-                    flag_values=fv)
-  flags.DEFINE_bool('dry_run', False, 'Print what would run and write nothing.',
-                    flag_values=fv)
-  return fv
-
-
-def split_config_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-  """``argv`` less its ``--config.<path>=<value>`` flags, and those as a dict."""
-  rest, overrides = [], {}
-  for arg in argv:
-    if arg.startswith(('--config.', '-config.')):
-      path, eq, value = arg.lstrip('-')[len('config.'):].partition('=')
-      overrides[path] = value if eq else 'true'
-    else:
-      rest.append(arg)
-  return rest, overrides
-
 
 def select(runs: list[Run], only: list[str]) -> list[Run]:
   """The runs named (or matched by a glob) in ``only`` and their bases, in order."""
@@ -231,17 +163,21 @@ def _not_started(job: Job, reason: str) -> dict:
 
 def _launch(jobs: list[Job], fv, suite_dir: str, suite_name: str) -> dict[str, dict]:
   """Runs without a base first, then the runs that start from one (each only
-  if its base finished). Returns {name: status}."""
+  if its base finished). Returns {name: status}. After a ``launchers.STOP`` no
+  further run starts: they are ``not started``."""
   progress, statuses = launchers.Progress(jobs), {}
   by_name = {j.run.name: j for j in jobs}
   for wave in ([j for j in jobs if not j.run.base], [j for j in jobs if j.run.base]):
     ready = []
     for job in wave:
       base = by_name.get(job.run.base)
-      if job.error:
+      if launchers.STOP.by:
+        statuses[job.run.name] = launchers.not_started(job)
+      elif job.error:
         statuses[job.run.name] = _not_started(job, job.error)
-      elif base is not None and statuses.get(base.run.name, {}).get('status') == 'failed':
-        statuses[job.run.name] = _not_started(job, f'base run {base.run.name} failed')
+      elif base is not None and (state := statuses.get(base.run.name, {}).get(
+          'status', 'not run')) != 'finished':
+        statuses[job.run.name] = _not_started(job, f'base run {base.run.name} {state}')
       else:
         ready.append(job)
     if not ready:
@@ -258,24 +194,29 @@ def _launch(jobs: list[Job], fv, suite_dir: str, suite_name: str) -> dict[str, d
   return statuses
 
 
-def _summary(statuses: dict[str, dict], skipped: list[str]) -> int:
-  failed = {n: s for n, s in statuses.items() if s['status'] != 'finished'}
-  print(f'summary: {len(statuses) - len(failed)} finished, {len(failed)} failed, '
-        f'{len(skipped)} skipped (already finished{": " + ", ".join(skipped) if skipped else ""})')
+def _summary(statuses: dict[str, dict], skipped: list[str], stopped_by: str = '') -> int:
+  """Prints the summary; the exit code: 130 if the runner was stopped, 1 if a run
+  failed, else 0."""
+  by = {k: {n: s for n, s in statuses.items() if s['status'] == k}
+        for k in ('finished', 'failed', 'interrupted', 'not started')}
+  failed = {n: s for n, s in statuses.items() if s['status'] not in by or s['status'] == 'failed'}
+  stopped = by['interrupted'] or by['not started'] or stopped_by
+  counts = f'{len(by["finished"])} finished, {len(failed)} failed, '
+  if stopped:
+    counts += f'{len(by["interrupted"])} interrupted, {len(by["not started"])} not started, '
+  print(f'summary: {counts}{len(skipped)} skipped '
+        f'(already finished{": " + ", ".join(skipped) if skipped else ""})')
   for name, s in failed.items():
     print(f'  failed {name}: {s["reason"]} ({"log: " + s["log"] if s["log"] else "not started"})')
-  return 1 if failed else 0
-
-
-def write_report(suite, suite_dir: str) -> str:
-  """``suite.report`` of the runs in ``suite_dir`` as ``results.md``; its path."""
-  from posjax.suites import report
-  text = suite.report(suite_dir, report.load_suite(suite_dir))
-  path = os.path.join(suite_dir, 'results.md')
-  with open(path, 'w') as f:
-    f.write(f'# {suite.NAME}\n\n{" ".join(suite.DESCRIPTION.split())}\n\n{text.strip()}\n')
-  print(f'report: {path}')
-  return path
+  for name, s in by['interrupted'].items():
+    print(f'  interrupted {name}: {s["reason"]} (log: {s["log"]})')
+  if by['not started']:
+    print(f'  not started: {", ".join(by["not started"])}')
+  if stopped_by:
+    print(f'stopped by {stopped_by}: rerun the same command to resume the interrupted runs '
+          'and start the others')
+    return 130
+  return 1 if failed or by['interrupted'] else 0
 
 
 def main(suite, argv: list[str]) -> int:
@@ -285,16 +226,24 @@ def main(suite, argv: list[str]) -> int:
   except UsageError as e:
     sys.stderr.write(f'error: {" ".join(str(e).split())}\n')
     return 2
+  except KeyboardInterrupt:  # Outside STOP.handling(): no run had started.
+    sys.stderr.write('stopped by Ctrl-C before any run started\n')
+    return 130
 
 
-def _parse(argv: list[str]):
+def _parse(argv: list[str], suite=None):
+  """(flags, overrides); None after printing ``--help``."""
   rest, overrides = split_config_flags(argv)
-  fv = _flags()
+  fv = define_flags()
+  if any(a.partition('=')[0] in HELP_FLAGS for a in rest[1:]):
+    sys.stdout.write(usage(suite, fv) if suite is not None else fv.get_help())
+    return None
   try:
     args = fv(rest)
   except flags.Error as e:
     raise UsageError(f'flags: {str(e).splitlines()[0]}; allowed: '
-                     f'{", ".join("--" + f for f in fv)}, --config.<field>=<value>') from None
+                     f'{", ".join("--" + f for f in fv)}, --config.<field>=<value>, '
+                     '--help') from None
   if len(args) > 1:
     raise UsageError(f'arguments: unexpected {args[1:]}; allowed: flags only')
   if not fv.workdir:
@@ -302,13 +251,33 @@ def _parse(argv: list[str]):
   return fv, overrides
 
 
+def own_checkout(suite) -> str | None:
+  """The checkout a suite script belongs to (its folder's parent, if that holds a
+  ``posjax`` package), else None."""
+  path = getattr(suite, '__file__', None)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path))) if path else ''
+  return root if root and os.path.isfile(os.path.join(root, 'posjax', '__init__.py')) else None
+
+
 def _main(suite, argv: list[str]) -> int:
-  fv, overrides = _parse(argv)
+  parsed = _parse(argv, suite)
+  if parsed is None:
+    return 0
+  fv, overrides = parsed
+  root = own_checkout(suite)
+  if root and os.path.realpath(root) != os.path.realpath(REPO):
+    sys.stderr.write(f'note: {suite.__file__} runs the posjax of {REPO}, not the one of its '
+                     f'own checkout {root} (run the script itself to use its own)\n')
   suite_dir = os.path.abspath(os.path.expanduser(fv.workdir))
   runs = suite.runs(fv.scale)
   settings = {'suite': suite.NAME, 'scale': fv.scale, 'overrides': overrides}
-  if fv.report:
+  if fv.report:  # Reads the runs and writes the report only: no lock needed.
+    if not os.path.isdir(suite_dir):
+      raise UsageError(f'--workdir: {suite_dir} is '
+                       f'{"a file" if os.path.exists(suite_dir) else "missing"}; '
+                       'allowed: the --workdir of a suite that ran (--report writes its report)')
     check_suite_file(suite_dir, settings, [r.name for r in runs], write=False)
+    note_busy(suite_dir, 'the report shows its runs as they are now')
     write_report(suite, suite_dir)
     return 0
   selected = select(runs, fv.only)
@@ -320,20 +289,41 @@ def _main(suite, argv: list[str]) -> int:
     if not only_print:
       return 2
   jobs = plan(selected, suite_dir, overrides)
-  check_suite_file(suite_dir, settings, [r.name for r in runs], write=not fv.dry_run)
-  todo = [j for j in jobs if not is_finished(j)]
-  skipped = [j.run.name for j in jobs if j not in todo]
-  if only_print:
-    for name in skipped if fv.dry_run else []:
-      print(f'# skip {name} (finished)')
-    for job in todo:
-      print(shlex.join(job.command))
+  check_suite_file(suite_dir, settings, [r.name for r in runs], write=False)
+  if fv.dry_run:  # Writes nothing: no lock needed.
+    try:
+      workdir_lock.check_usable(suite_dir)
+    except ValueError as e:
+      raise UsageError(f'--{e}') from None
+    note_busy(suite_dir, 'what it runs now is shown as still to run')
+    _print_plan(jobs, skip_lines=True)
     return 0
-  if hasattr(suite, 'prepare'):
-    suite.prepare(suite_dir, fv.scale, overrides)
-  code = _summary(_launch(todo, fv, suite_dir, suite.NAME), skipped)
-  write_report(suite, suite_dir)
-  return code
+  lock = lock_suite(suite_dir)  # Before anything is written.
+  try:
+    check_suite_file(suite_dir, settings, [r.name for r in runs], write=True)
+    if fv.launcher == 'print':
+      _print_plan(jobs, skip_lines=False)
+      return 0
+    with launchers.STOP.handling() as stop:
+      if hasattr(suite, 'prepare') and not stop.by:
+        suite.prepare(suite_dir, fv.scale, overrides)
+      todo = [j for j in jobs if not is_finished(j)]
+      skipped = [j.run.name for j in jobs if j not in todo]
+      statuses = _launch(todo, fv, suite_dir, suite.NAME)
+      code = _summary(statuses, skipped, stop.by)
+      write_report(suite, suite_dir)
+    return code
+  finally:
+    lock.release()
+
+
+def _print_plan(jobs: list[Job], skip_lines: bool) -> None:
+  todo = [j for j in jobs if not is_finished(j)]
+  for job in jobs if skip_lines else []:
+    if job not in todo:
+      print(f'# skip {job.run.name} (finished)')
+  for job in todo:
+    print(shlex.join(job.command))
 
 
 def run_suite(suite) -> None:
