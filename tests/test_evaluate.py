@@ -17,15 +17,8 @@ from posjax.training import loop, validation
 from posjax.workdir import lock as workdir_lock
 
 from test_train import ROOT, tiny_config
+from test_workdir import CONFIG  # A config file that loads tiny_config with overrides.
 
-CONFIG = """import importlib.util
-
-def get_config():
-  spec = importlib.util.spec_from_file_location('test_train', {test_train!r})
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.tiny_config({corpus!r}, **{overrides!r})
-"""
 OVERRIDES = dict(num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
 
 
