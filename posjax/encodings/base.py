@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from posjax.encodings import kernel_loops
+
 Array = Any
 
 # Where an encoding acts, each the name of its hook method. ``registry.register``
@@ -129,16 +131,19 @@ class Encoding(nn.Module):
 
 
 _KERNEL_HEAD = contextvars.ContextVar('kernel_head', default=None)
+_KERNEL_GRAD = contextvars.ContextVar('kernel_grad', default=False)
 
 
 @contextlib.contextmanager
-def in_kernel(head: Array):
-  """While tracing a bias for a kernel program of head ``head`` (an int32 scalar)."""
-  token = _KERNEL_HEAD.set(head)
+def in_kernel(head: Array, *, grad: bool = False):
+  """While tracing a bias for a kernel program of head ``head`` (an int32 scalar);
+  ``grad``: for the kernel that differentiates it (``kernel_loops``)."""
+  tokens = _KERNEL_HEAD.set(head), _KERNEL_GRAD.set(grad)
   try:
     yield
   finally:
-    _KERNEL_HEAD.reset(token)
+    _KERNEL_HEAD.reset(tokens[0])
+    _KERNEL_GRAD.reset(tokens[1])
 
 
 def take_head(x: Array, index, axis: int = 0) -> Array:
@@ -155,28 +160,20 @@ def per_head(x: Array, axis: int = 0) -> Array:
   return x if head is None else take_head(x, head, axis)
 
 
-def _entry(x: Array, n: int) -> Array:
-  """``x[n, 0...]`` as a scalar (``x`` has size 1 past its first axis)."""
-  return take_head(x, n).sum()
-
-
 def lookup(table_NxH: Array, index_BxLxS: Array) -> Array:
-  """``table[index]`` as ``[B, H, L, S]``; inside a kernel a sum of N selects
-  (neither Triton nor Mosaic gathers from a table)."""
+  """``table[index]`` as ``[B, H, L, S]``; inside a kernel a loop over the N rows
+  (``kernel_loops``: neither Triton nor Mosaic gathers from a table)."""
   if _KERNEL_HEAD.get() is None:
     return jnp.take(table_NxH, index_BxLxS, axis=0).transpose(0, 3, 1, 2)
-  return sum(jnp.where(index_BxLxS == n, _entry(table_NxH, n), 0.)
-             for n in range(table_NxH.shape[0]))[:, None]
+  return kernel_loops.lookup(table_NxH, index_BxLxS, grad=_KERNEL_GRAD.get())[:, None]
 
 
 def scalar_mlp(x_BxLxS: Array, w1_W: Array, b1_W: Array, w2_WxH: Array) -> Array:
   """``relu(x * w1 + b1) @ w2`` of each scalar of ``x``, as ``[B, H, L, S]``; inside
-  a kernel unrolled over the W hidden units (no rank-4 matmul)."""
+  a kernel a loop over the W hidden units (``kernel_loops``: no rank-4 matmul)."""
   if _KERNEL_HEAD.get() is None:
     return (jax.nn.relu(x_BxLxS[..., None] * w1_W + b1_W) @ w2_WxH).transpose(0, 3, 1, 2)
-  unit = lambda w: (jax.nn.relu(x_BxLxS * _entry(w1_W, w) + _entry(b1_W, w))  # noqa: E731
-                    * _entry(w2_WxH, w))
-  return sum(unit(w) for w in range(w1_W.shape[0]))[:, None]
+  return kernel_loops.scalar_mlp(x_BxLxS, w1_W, b1_W, w2_WxH, grad=_KERNEL_GRAD.get())[:, None]
 
 
 def relative(qpos_BxL: Array, kpos_BxS: Array) -> Array:

@@ -193,10 +193,10 @@ def backward(module, variables, x: blocks.Inputs, out, lse, dout, scale: float, 
   t = x.t
   B, Lp, H, K = x.q.shape
   Sp, Kv = x.k.shape[1], x.v.shape[-1]
-  bias_fn, ops, n_consts = pt.tile_bias(module, variables, x, H)
+  bias_fn, ops, n_consts = pt.tile_bias(module, variables, x, H, grad=True)
   leaves = ops[n_consts:]
-  do = dout.astype(_f32)
-  D = jnp.sum(do * out, -1)
+  D = jnp.sum(dout.astype(_f32) * out, -1)
+  do = dout.astype(x.v.dtype)  # (As FlashAttention: dO in the model's dtype, half the memory.)
   q, k, v, do, lse, D = (pt.heads_first(a) for a in (x.q, x.k, x.v, do, lse, D))
   q_ints = pt.ints_of(x.qpos, x.qidx, x.qseg)
   k_ints = pt.ints_of(x.kpos, x.kidx, x.kseg)
@@ -218,6 +218,7 @@ def backward(module, variables, x: blocks.Inputs, out, lse, dout, scale: float, 
       scratch_shapes=walk.scratch([(t.bq, K)] + [a.shape for a in leaves]),
       interpret=interpret, compiler_params=pt.compiler_params(grid))(
           *q_ints, *k_ints, q, k, v, do, lse, D, *ops)
+  bias_fn, ops, _ = pt.tile_bias(module, variables, x, H)
   outer, inner = pt.specs(grid, t.bq, Lp)
   walk, first = pt.Walk(grid, t.bq), pt.clamp_queries(t)
   dk, dv = pl.pallas_call(

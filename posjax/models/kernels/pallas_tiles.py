@@ -59,7 +59,7 @@ def dot(a, b, contract=(1, 0)):
                              preferred_element_type=_f32)
 
 
-def tile_bias(module, variables, x: Inputs, num_heads: int):
+def tile_bias(module, variables, x: Inputs, num_heads: int, *, grad: bool = False):
   """The encoding's bias of one tile for one head, ``fn(*ops, qpos, kpos, mask, h)
   -> [bq, bk]``, as a function of explicit operands only (Pallas kernels take
   arrays as inputs, never captured constants): the hook traced once at tile
@@ -72,7 +72,7 @@ def tile_bias(module, variables, x: Inputs, num_heads: int):
 
   def bias(variables, qpos, kpos, mask, h):
     q, k = jnp.zeros((1, t.bq, num_heads, K), _f32), jnp.zeros((1, t.bk, num_heads, K), _f32)
-    with in_kernel(h):
+    with in_kernel(h, grad=grad):
       out = module.apply(variables, q, k, qpos, kpos, mask, None, method='bias')[0]
     return jnp.zeros((1, 1, t.bq, t.bk), _f32) if out is None else out
 
