@@ -39,7 +39,9 @@ def _lowered(posenc: str, attention: str, platform: str, **posenc_args) -> str:
 @pytest.mark.parametrize('posenc', IN_KERNEL)
 def test_pallas_kernels_lower_to_triton(posenc, monkeypatch):
   monkeypatch.setattr(pallas_tiles, 'PLATFORM', 'gpu')
-  assert _lowered(posenc, 'pallas', 'cuda').count(TRITON) >= 3  # Forward, dq, dk/dv.
+  lowered = _lowered(posenc, 'pallas', 'cuda')
+  assert lowered.count(TRITON) >= 3  # Forward, dq, dk/dv.
+  assert lowered.count('num_warps = 8 : i32') == lowered.count(TRITON)  # 128 x 128 tiles.
 
 
 @pytest.mark.parametrize('posenc', IN_KERNEL)

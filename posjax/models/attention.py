@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from posjax.encodings.base import Encoding
 from posjax.models.config import ModelConfig
-from posjax.models.kernels import blockwise, flash, pallas, vendor
+from posjax.models.kernels import blockwise, flash, pallas, tile_sizes, vendor
 
 # ``attention='auto'``: the platform's fused kernel (``kernels.vendor``:
 # cuDNN on GPU, splash on TPU) where it can serve the config; else dense (one
@@ -60,19 +60,21 @@ def _dense(cfg: ModelConfig, *args):
 
 
 def _blockwise(cfg: ModelConfig, *args):
-  return blockwise.attend(*args, causal=cfg.causal, block_size=cfg.block_size,
+  block, _ = tile_sizes.tiles(cfg, 'blockwise', args[1].shape[1])
+  return blockwise.attend(*args, causal=cfg.causal, block_size=block,
                           scale=cfg.head_dim ** -0.5)
 
 
 def _flash(cfg: ModelConfig, *args):
-  return flash.attend(*args, causal=cfg.causal, block_q=cfg.block_size,
-                      block_k=cfg.block_size, scale=cfg.head_dim ** -0.5), None
+  block_q, block_k = tile_sizes.tiles(cfg, 'flash', args[1].shape[1])
+  return flash.attend(*args, causal=cfg.causal, block_q=block_q, block_k=block_k,
+                      scale=cfg.head_dim ** -0.5), None
 
 
 def _pallas(cfg: ModelConfig, *args):
-  return pallas.attend(*args, causal=cfg.causal, block_q=cfg.block_size,
-                       block_k=cfg.block_size, scale=cfg.head_dim ** -0.5,
-                       interpret=vendor.emulated()), None
+  block_q, block_k = tile_sizes.tiles(cfg, 'pallas', args[1].shape[1])
+  return pallas.attend(*args, causal=cfg.causal, block_q=block_q, block_k=block_k,
+                       scale=cfg.head_dim ** -0.5, interpret=vendor.emulated()), None
 
 
 def _vendor(kernel: str):

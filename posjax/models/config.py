@@ -39,7 +39,7 @@ class ModelConfig:
   posenc: str = 'rope'
   posenc_args: tuple = ()     # sorted (key, value) pairs: hashable for jit
   attention: str = 'auto'     # auto: the platform's fused kernel, else dense / flash
-  block_size: int = 128       # blockwise / flash attention: query and key block size
+  block_size: Any = 'auto'    # tiles of blockwise / flash / pallas: 'auto' (kernels.tile_sizes) or an int
   randomized_positions: bool = False
   max_random_position: int = 2048
   num_classes: int = 2        # encoder_classifier / matcher
@@ -56,8 +56,13 @@ class ModelConfig:
     _check(self.dtype in DTYPES, 'dtype', ', '.join(DTYPES), self.dtype)
     _check(self.remat in REMATS, 'remat', ', '.join(REMATS), self.remat)
     _check(isinstance(self.scan_layers, bool), 'scan_layers', 'True, False', self.scan_layers)
+    if isinstance(self.block_size, str) and self.block_size.isdigit():
+      object.__setattr__(self, 'block_size', int(self.block_size))
+    _check(self.block_size == 'auto' or (isinstance(self.block_size, int) and
+                                         self.block_size > 0),
+           'block_size', "'auto' or a positive integer", self.block_size)
     for f in ('vocab_size', 'num_layers', 'num_heads', 'model_dim', 'mlp_dim',
-              'max_len', 'block_size', 'max_random_position', 'num_classes'):
+              'max_len', 'max_random_position', 'num_classes'):
       _check(getattr(self, f) > 0, f, 'a positive integer', getattr(self, f))
     _check(0.0 <= self.dropout_rate < 1.0, 'dropout_rate', '[0, 1)', self.dropout_rate)
     _check(self.model_dim % self.num_heads == 0, 'num_heads',

@@ -69,9 +69,12 @@ def _check_attention(mcfg) -> None:
   """A named fused kernel that cannot serve this config here: one line."""
   from posjax.models import config as model_config
   from posjax.models.kernels import vendor
+  from posjax.models.kernels import tile_sizes
   if mcfg.attention not in vendor.PLATFORMS:
     return
   why = vendor.why_not(mcfg.attention, mcfg)
+  if why is None:
+    tile_sizes.tiles(mcfg, mcfg.attention, mcfg.max_len)  # A forced tile that cannot run.
   if why:
     here = [a for a in model_config.ATTENTIONS
             if a not in vendor.PLATFORMS or vendor.why_not(a, mcfg) is None]

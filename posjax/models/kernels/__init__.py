@@ -5,7 +5,9 @@
   blockwise     ``dense`` (the reference) and ``blockwise`` (scan over key blocks)
   flash         queries and keys tiled, empty tiles skipped, a custom VJP
   pallas        flash as Pallas kernels (Triton / Mosaic), the bias computed inside
-  pallas_tiles  what the Pallas kernels share: tile walks, block specs, the bias as operands
+  pallas_tiles  what the Pallas kernels share: tile walks, block specs, the bias as
+                operands, their shared-memory estimate and launch parameters
+  tile_sizes    ``model.block_size``: 'auto' per implementation and platform
   vendor        cuDNN and splash, for encodings with no bias or value hook
 
 Every implementation imports ``blocks``; ``pallas`` builds on ``flash``'s custom

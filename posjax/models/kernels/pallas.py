@@ -12,7 +12,8 @@ on the tile, summed over programs outside); one per (row, head, key tile) gives 
 and dv. Every matmul is 2D (Triton takes no batch dimensions, Mosaic one). The
 hook runs under ``encodings.in_kernel(h)``, so an encoding that reads its
 per-head values through ``per_head`` gives only the program's head (one head's
-arithmetic); any other hook gives all heads and the program keeps its own.
+arithmetic); any other hook gives all heads and the program keeps its own. dO
+enters the backward kernels in the model's dtype, as in FlashAttention.
 
 The inner tiles are walked two ways (``pallas_tiles.Walk``). On GPU (Triton, whose refs are
 pointers) a program loops over them, reading each from a whole-row block. On TPU
@@ -25,7 +26,9 @@ neither fetched nor computed.
 It serves encodings whose bias is a function of positions alone
 (``bias_from_positions``: ALiBi, T5, Kerple, FIRE) and those with no bias or value
 hook; the kernels never branch on names. T5's table and FIRE's MLP go through
-``lookup`` and ``scalar_mlp``: N selects and W unrolled hidden units per element.
+``lookup`` and ``scalar_mlp``, loops over the table's rows and the hidden units
+(``encodings.kernel_loops``), so the kernels do not grow with either. Tiles,
+warps and stages per platform: ``tile_sizes`` and ``pallas_tiles.launch``.
 
 Tested in interpret mode against ``dense`` (tests/test_fused.py) and lowered on CPU
 for Triton and Mosaic (tests/test_lowering.py); never run on a device, so ``auto``
@@ -103,7 +106,7 @@ def forward(module, variables, x: blocks.Inputs, scale: float, *, interpret: boo
       out_shape=[jax.ShapeDtypeStruct((B, H, Lp, Kv), _f32),
                  jax.ShapeDtypeStruct((B, H, 1, Lp), _f32)],
       scratch_shapes=walk.scratch([(t.bq,), (t.bq,), (t.bq, Kv)]),
-      interpret=interpret, compiler_params=pt.compiler_params(grid))(
+      interpret=interpret, compiler_params=pt.compiler_params(grid, t))(
           *pt.ints_of(x.qpos, x.qidx, x.qseg, x.kpos, x.kidx, x.kseg),
           pt.heads_first(x.q), pt.heads_first(x.k), pt.heads_first(x.v), *ops)
   return jnp.moveaxis(out, 1, 2), jnp.moveaxis(lse[:, :, 0], 1, 2)
@@ -216,7 +219,7 @@ def backward(module, variables, x: blocks.Inputs, out, lse, dout, scale: float, 
       out_shape=[jax.ShapeDtypeStruct((B, H, Lp, K), _f32)]
       + [jax.ShapeDtypeStruct((B, H, t.nq) + a.shape, _f32) for a in leaves],
       scratch_shapes=walk.scratch([(t.bq, K)] + [a.shape for a in leaves]),
-      interpret=interpret, compiler_params=pt.compiler_params(grid))(
+      interpret=interpret, compiler_params=pt.compiler_params(grid, t))(
           *q_ints, *k_ints, q, k, v, do, lse, D, *ops)
   bias_fn, ops, _ = pt.tile_bias(module, variables, x, H)
   outer, inner = pt.specs(grid, t.bq, Lp)
@@ -232,7 +235,7 @@ def backward(module, variables, x: blocks.Inputs, out, lse, dout, scale: float, 
       out_shape=[jax.ShapeDtypeStruct((B, H, Sp, K), _f32),
                  jax.ShapeDtypeStruct((B, H, Sp, Kv), _f32)],
       scratch_shapes=walk.scratch([(t.bk, K), (t.bk, Kv)]),
-      interpret=interpret, compiler_params=pt.compiler_params(grid))(
+      interpret=interpret, compiler_params=pt.compiler_params(grid, t))(
           *k_ints, k, v, *q_ints, q, do, lse, D, *ops)
   dvars = jax.tree.unflatten(jax.tree.structure(variables), [
       g.sum((0, 1, 2)).reshape(a.shape) for g, a in zip(dvars, jax.tree.leaves(variables))])

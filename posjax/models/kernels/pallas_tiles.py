@@ -26,11 +26,36 @@ PLATFORM = None  # None: jax.default_backend(); 'gpu' / 'tpu' to cross-lower.
 GRID = None  # None: grid over inner tiles on TPU only (``Walk``); True / False to force.
 
 
-def compiler_params(grid: bool):
+STAGES = 2  # Triton's software pipeline depth for the inner loop's loads.
+
+
+def smem_bytes(bq: int, bk: int, head_dim: int, itemsize: int, stages: int = STAGES
+               ) -> dict[str, int]:
+  """Shared memory a Triton program of each kernel asks for, estimated as
+  Triton's pipeliner allocates it: one buffer for each tile a program loads once
+  (its outer tile) and ``stages`` for each tile it loads in the inner loop, all
+  ``[tile, head_dim]`` in the model's dtype (dO included; the rows of
+  log-sum-exp and positions are negligible). The first H200 run checks it: 128 x
+  128 tiles at head dim 128 in bf16, with dO then float32, asked for 262144
+  bytes, which is this estimate's dk/dv kernel (2 x 32 KiB of k, v, plus 2
+  stages x (32 KiB of q + 64 KiB of dO)) over the 227 KiB there."""
+  tile = lambda rows: rows * head_dim * itemsize  # noqa: E731
+  return {'forward': tile(bq) + stages * 2 * tile(bk),   # q; k, v
+          'dq': 2 * tile(bq) + stages * 2 * tile(bk),    # q, dO; k, v
+          'dkv': 2 * tile(bk) + stages * 2 * tile(bq)}   # k, v; q, dO
+
+
+def launch(block_q: int, block_k: int) -> dict[str, int]:
+  """Triton's warps and stages per tile: 8 warps from 128 x 128 (as Triton's
+  flash-attention tutorial), else 4."""
+  return {'num_warps': 8 if block_q * block_k >= 128 * 128 else 4, 'num_stages': STAGES}
+
+
+def compiler_params(grid: bool, tiles=None):
   platform = PLATFORM or jax.default_backend()
   if platform == 'gpu':
     from jax.experimental.pallas import triton as pl_triton
-    return pl_triton.CompilerParams(num_warps=4, num_stages=2)
+    return pl_triton.CompilerParams(**launch(tiles.bq, tiles.bk))
   if platform == 'tpu':
     from jax.experimental.pallas import tpu as pl_tpu
     return pl_tpu.CompilerParams(
