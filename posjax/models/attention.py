@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from posjax.encodings.base import Encoding
+from posjax.models import temperature
 from posjax.models.config import ModelConfig
-from posjax.models.kernels import blockwise, flash, pallas, tile_sizes, vendor
+from posjax.models.kernels import blocks, blockwise, flash, pallas, tile_sizes, vendor
 
 # ``attention='auto'``: the platform's fused kernel (``kernels.vendor``:
 # cuDNN on GPU, splash on TPU) where it can serve the config; else dense (one
@@ -105,12 +106,18 @@ class Attention(nn.Module):
             name, nn.with_logical_partitioning(init, ('embed', 'heads', 'kv')),
             (D, H, K), jnp.float32).astype(cfg.activation_dtype))
         for name in ('query', 'key', 'value'))
+    q, k = temperature.qk_norm(self, cfg, q, k, stage='before')
     q, k = self.encoding.qk(q, k, pos_BxL, pos_BxL)
+    q, k = temperature.qk_norm(self, cfg, q, k, stage='after')
     B, L = pos_BxL.shape
     idx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     kidx, kpos, kseg = idx, pos_BxL, seg_BxL
     if decode:
       k, v, kpos, kseg, kidx, idx = self._update_cache(k, v, pos_BxL, seg_BxL)
+    t = temperature.query_temperature(self, cfg, pos_BxL, lambda: blocks.allowed(
+        idx, kidx, seg_BxL, kseg, cfg.causal))
+    if t is not None:
+      q = (q.astype(jnp.float32) * t).astype(q.dtype)
     args = (self.encoding, q, k, v, pos_BxL, kpos, idx, kidx, seg_BxL, kseg)
     impl = choose(cfg, q.shape[1], k.shape[1])
     if impl in ('flash', 'pallas') and self.is_initializing():  # Init makes the encoding's

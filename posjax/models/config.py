@@ -47,6 +47,10 @@ class ModelConfig:
   pad_id: int = 0
   remat: str = 'none'         # rematerialise each block: none, full, dots
   scan_layers: bool = False   # the layer stack as one nn.scan (params stacked on 'layers')
+  qk_norm: str = 'none'       # none, rms (before the position transform), l2 (after it)
+  qk_norm_scale: str = 'learned'  # learned (per channel) or fixed
+  temperature: str = 'none'   # per-query logit temperature: none, logn, llama4, ssmax
+  temperature_args: tuple = ()  # sorted (key, value) pairs (models/temperature.py)
 
   def __post_init__(self):
     _check(self.kind in KINDS, 'kind', ', '.join(KINDS), self.kind)
@@ -56,6 +60,7 @@ class ModelConfig:
     _check(self.dtype in DTYPES, 'dtype', ', '.join(DTYPES), self.dtype)
     _check(self.remat in REMATS, 'remat', ', '.join(REMATS), self.remat)
     _check(isinstance(self.scan_layers, bool), 'scan_layers', 'True, False', self.scan_layers)
+    self._check_temperature()
     if isinstance(self.block_size, str) and self.block_size.isdigit():
       object.__setattr__(self, 'block_size', int(self.block_size))
     _check(self.block_size == 'auto' or (isinstance(self.block_size, int) and
@@ -72,6 +77,23 @@ class ModelConfig:
              f'>= max_len={self.max_len}', self.max_random_position)
     self.make_encoding()  # Validates posenc and posenc_args eagerly.
 
+  def _check_temperature(self):
+    from posjax.models import temperature as t
+    _check(self.qk_norm in t.QK_NORMS, 'qk_norm', ', '.join(t.QK_NORMS), self.qk_norm)
+    _check(self.qk_norm_scale in t.QK_NORM_SCALES, 'qk_norm_scale',
+           ', '.join(t.QK_NORM_SCALES), self.qk_norm_scale)
+    _check(self.temperature in t.TEMPERATURES, 'temperature', ', '.join(t.TEMPERATURES),
+           self.temperature)
+    allowed = t.TEMPERATURE_ARGS[self.temperature]
+    for key, value in self.temperature_args:
+      _check(key in allowed, f'temperature_args.{key}',
+             f'{", ".join(allowed) or "nothing"} for temperature={self.temperature}', value)
+      _check(isinstance(value, (int, float)) and value > 0, f'temperature_args.{key}',
+             'a number > 0', value)
+
+  def temperature_kwargs(self) -> dict[str, Any]:
+    return dict(self.temperature_args)
+
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any]) -> 'ModelConfig':
     cfg = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
@@ -80,15 +102,15 @@ class ModelConfig:
     if unknown:
       raise ValueError(f'model: unknown field(s) {", ".join(unknown)}; '
                        f'allowed: {", ".join(sorted(fields))}')
-    args = cfg.get('posenc_args') or {}
-    if hasattr(args, 'to_dict'):
-      args = args.to_dict()
-    cfg['posenc_args'] = _freeze(dict(args))
+    for key in _DICT_FIELDS:
+      args = cfg.get(key) or {}
+      cfg[key] = _freeze(dict(args.to_dict() if hasattr(args, 'to_dict') else args))
     return cls(**cfg)
 
   def replace(self, **kw) -> 'ModelConfig':
-    if 'posenc_args' in kw and isinstance(kw['posenc_args'], Mapping):
-      kw['posenc_args'] = _freeze(dict(kw['posenc_args']))
+    for key in _DICT_FIELDS:
+      if key in kw and isinstance(kw[key], Mapping):
+        kw[key] = _freeze(dict(kw[key]))
     return dataclasses.replace(self, **kw)
 
   @property
@@ -123,6 +145,9 @@ class ModelConfig:
         head_dim=self.head_dim, model_dim=self.model_dim,
         max_len=self.max_random_position if self.randomized_positions else self.max_len,
         causal=self.causal)
+
+
+_DICT_FIELDS = ('posenc_args', 'temperature_args')  # Frozen to sorted pairs: hashable.
 
 
 def _freeze(x):
