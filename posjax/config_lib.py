@@ -212,7 +212,7 @@ def base_config(posenc: str = 'rope') -> ml_collections.ConfigDict:
       mlp_dim=2048, max_len=512, dropout_rate=0.0, dtype='bfloat16', norm='rmsnorm',
       tied_embedding=True, posenc=posenc, posenc_args=ml_collections.ConfigDict(),
       attention='auto', block_size=ml_collections.FieldReference('auto', field_type=object),
-      remat='none', scan_layers=False, qk_norm='none', qk_norm_scale='learned',
+      remat='none', scan_layers=True, qk_norm='none', qk_norm_scale='learned',
       temperature='none', temperature_args=ml_collections.ConfigDict(),
       randomized_positions=False, max_random_position=4096, num_classes=2, pooling='mean',
       pad_id=0))

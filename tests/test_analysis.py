@@ -14,7 +14,8 @@ from posjax.workdir import restore
 def _run(posenc='none', num_layers=1, zero_queries=False, **model):
   """A restored-run stand-in: (config, params, step) with random params."""
   m = dict(kind='decoder', vocab_size=40, num_layers=num_layers, num_heads=2, model_dim=16,
-           mlp_dim=32, max_len=32, posenc=posenc, norm='rmsnorm', **model)
+           mlp_dim=32, max_len=32, posenc=posenc, norm='rmsnorm',
+           **{'scan_layers': False, **model})  # Plain layers: the tests read layer_i.
   mcfg = models.ModelConfig.from_config(m)
   shapes = jax.eval_shape(models.build(mcfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
   rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from posjax.training import sharding
 
 def _cfg(posenc='rope', **kw):
   base = dict(kind='decoder', vocab_size=40, num_layers=2, num_heads=2, model_dim=32,
-              mlp_dim=64, max_len=32, posenc=posenc)
+              mlp_dim=64, max_len=32, posenc=posenc, scan_layers=False)  # The plain model.
   return models.ModelConfig(**{**base, **kw})
 
 
@@ -119,6 +119,15 @@ def test_remat_checkpoints_each_block_with_its_policy(remat):
   assert len(eqns) == 2
   assert all(e.params['policy'] == transformer.REMAT_POLICIES[remat] for e in eqns)
   assert not _top_level(_cfg(), checkpoint)
+
+
+def test_layers_are_scanned_by_default():
+  """experiments/compile_benchmark.py: scanned, a 24-layer train step compiles
+  as fast as a 2-layer one on CPU (plain: 4.6x) and steps as fast."""
+  assert models.ModelConfig().scan_layers
+  default = models.ModelConfig(**{f: getattr(_cfg(num_layers=3), f) for f in (
+      'kind', 'vocab_size', 'num_layers', 'num_heads', 'model_dim', 'mlp_dim', 'max_len')})
+  assert [e.params['length'] for e in _top_level(default, 'scan')] == [3]
 
 
 def test_scan_layers_is_one_scan_over_the_layers():

@@ -103,9 +103,9 @@ def test_flash_and_cached_decoding_equal_dense(kw):
   want = jax.value_and_grad(loss)(params, cfg)
   got = jax.value_and_grad(loss)(params, cfg.replace(attention='flash'))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), want, got)
-  grads = want[1]['decoder']['layer_0']['attention']
-  moved = [n for n in ('q_norm', 'k_norm', 'ssmax') if n in grads]
-  assert all(np.abs(grads[n]).max() > 0 for n in moved)
+  grads = want[1]['decoder']['layers']['attention']  # (Scanned: stacked on the layers.)
+  added = [n for n in ('q_norm', 'k_norm', 'ssmax') if n in grads]
+  assert added and all(np.abs(grads[n]).min(-1).max() > 0 for n in added)
   # Decoding: a prefill of 4, then one token at a time, equals the full pass.
   full = model.apply({'params': params}, tokens[:1])
   cache = models.init_cache(model, params, 1, L)
@@ -128,3 +128,15 @@ def test_bad_options_are_one_line_errors():
                      'allowed: a number > 0')):
     with pytest.raises(ValueError, match=match):
       _cfg(**kw)
+
+
+def test_length_scales_by_hand():
+  """Qwen's logn (1-based i > train_len: log_train_len(i)) and Llama 4's
+  temperature tuning (log1p(floor((p + 1) / floor_scale)) * attn_scale + 1)."""
+  p = jnp.asarray([0, 7, 8, 63, 8190, 8191, 16383])
+  np.testing.assert_allclose(encodings.logn_attention_scale(p, train_len=8),
+                             [1, 1, math.log(9, 8), math.log(64, 8), math.log(8191, 8),
+                              math.log(8192, 8), math.log(16384, 8)], rtol=1e-6)
+  np.testing.assert_allclose(encodings.llama4_attention_scale(p),
+                             [1, 1, 1, 1, 1, 1 + 0.1 * math.log(2), 1 + 0.1 * math.log(3)],
+                             rtol=1e-6)

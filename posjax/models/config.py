@@ -46,7 +46,7 @@ class ModelConfig:
   pooling: str = 'mean'
   pad_id: int = 0
   remat: str = 'none'         # rematerialise each block: none, full, dots
-  scan_layers: bool = False   # the layer stack as one nn.scan (params stacked on 'layers')
+  scan_layers: bool = True    # the layer stack as one nn.scan (params stacked on 'layers')
   qk_norm: str = 'none'       # none, rms (before the position transform), l2 (after it)
   qk_norm_scale: str = 'learned'  # learned (per channel) or fixed
   temperature: str = 'none'   # per-query logit temperature: none, logn, llama4, ssmax

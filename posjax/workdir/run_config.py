@@ -111,4 +111,6 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise ValueError(f'workdir: {path} is not a posjax config ({type(e).__name__}: '
                      f'{str(e)[:80]}); allowed: the config.json a run wrote (delete it to '
                      'resume from the configs saved with the checkpoints)') from None
+  # Runs saved before model.scan_layers existed ran their layers plain.
+  config['model'].setdefault('scan_layers', False)
   return ml_collections.ConfigDict(config)
