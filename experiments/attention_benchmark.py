@@ -71,12 +71,13 @@ def _time(fn, *args) -> tuple[float | None, float]:
   return statistics.median(times), peak
 
 
-def layer_step(posenc: str, attention: str, length: int):
-  """``(loss_and_grads, params, batch)`` of one decoder layer at this length."""
+def layer_step(posenc: str, attention: str, length: int, block_size=None):
+  """``(loss_and_grads, params, batch)`` of one decoder layer at this length
+  (``block_size``: default ``--block_size``; 'auto' the model's own choice)."""
   cfg = models.ModelConfig.from_config(dict(
       kind='decoder', vocab_size=VOCAB, num_layers=1, num_heads=HEADS, model_dim=DIM,
       mlp_dim=4 * DIM, max_len=length, posenc=posenc, attention=attention,
-      block_size=FLAGS.block_size, dtype=FLAGS.dtype))
+      block_size=block_size or FLAGS.block_size, dtype=FLAGS.dtype))
   model = models.build(cfg)
   tokens = jax.random.randint(jax.random.key(0), (1, length), 0, VOCAB)
   pos = jnp.arange(length, dtype=jnp.int32)[None]

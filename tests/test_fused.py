@@ -130,18 +130,37 @@ def test_auto_picks_the_platform_kernel_where_it_serves(monkeypatch):
   assert attention.choose(_cfg('none'), 500, 500) == 'dense'
 
 
-@pytest.mark.slow
-def test_gpu_benchmark_script_runs_emulated_on_cpu(tmp_path):
+def _gpu_benchmark(tmp_path, *args):
   import os
   import subprocess
   import sys
   env = dict(os.environ, POSJAX_EMULATE_KERNELS='1', XLA_FLAGS='')
-  out = subprocess.run([sys.executable, 'experiments/gpu_benchmark.py', '--smoke',
-                        '--repeats=1'], env=env, capture_output=True, text=True, timeout=600,
-                       cwd=os.path.dirname(os.path.dirname(__file__)))
+  out = subprocess.run([sys.executable, 'experiments/gpu_benchmark.py', '--smoke', '--repeats=1',
+                        f'--out={tmp_path}', *args], env=env, capture_output=True, text=True,
+                       timeout=900, cwd=os.path.dirname(os.path.dirname(__file__)))
   assert out.returncode == 0, out.stderr[-2000:]
-  for part in ('## mfu', '## kernels', '## longest', '| 256 | none:cudnn |'):
-    assert part in out.stdout
+  for part in ('check', 'kernels', 'mfu', 'longest'):
+    assert (tmp_path / f'{part}.md').read_text().startswith(f'## {part}')
+    assert (tmp_path / f'{part}.csv').read_text().count('\n') >= 2
+  return out.stdout
+
+
+def test_gpu_benchmark_skips_what_the_budget_does_not_cover(tmp_path):
+  """Every part still writes its table, each case saying it was skipped."""
+  stdout = _gpu_benchmark(tmp_path, '--budget_s=0')
+  assert 'check: attention flash, posenc alibi, dtype float32, result skipped (budget)' in stdout
+  assert 'mfu: model 2x128, length 256, batch 32, result skipped (budget)' in stdout
+  assert 'skipped (budget)' in (tmp_path / 'longest.md').read_text()
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_runs_emulated_on_cpu(tmp_path):
+  """--smoke, all parts (about 4 minutes on 2 cores): every check ok."""
+  stdout = _gpu_benchmark(tmp_path, '--budget_s=3000')
+  checks = [line for line in stdout.splitlines() if line.startswith('check ')]
+  assert len(checks) >= 20 and all(line.endswith(': ok') for line in checks), checks
+  assert 'kernels: length 256, case none:cudnn, compile_s' in stdout
+  assert 'skipped' not in stdout and 'failed' not in stdout
 
 
 # Fast: a closed form and a shared table in the loop walk (Triton's), the closed
