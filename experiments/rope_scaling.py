@@ -82,7 +82,7 @@ def runs(scale: str) -> list[runner.Run]:
           'eval_lengths': lengths,
           'passkey_lengths': tuple(n for n in lengths if n >= PASSKEY_MIN)}
   out = [runner.Run('rope', 'configs/lm.py', s['arg'], base, note='no scaling')]
-  for kind in rotary.SCALING_TYPES:
+  for kind in rotary.EXTENSION_TYPES:
     for f in FACTORS:
       sc = scaling(kind, f, s['seq_len'], s['head_dim'])
       out.append(runner.Run(f'{kind}-{f}x-zeroshot', 'configs/lm.py', s['arg'],

@@ -15,120 +15,18 @@ Meta 2024 (Llama 3.1 scaling); Ding et al. 2024 (LongRoPE); Sun et al. 2022
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from posjax.encodings.base import QK, Array, Encoding, check_base, cos_sin, sinusoid_inv_freq
+from posjax.encodings.base import QK, Array, Encoding, check_base, cos_sin
 from posjax.encodings.registry import register
+from posjax.encodings.rope_scaling import (EXTENSION_TYPES, SCALING_TYPES,  # noqa: F401
+                                           rope_inv_freq)
 
-SCALING_TYPES = ('linear', 'ntk', 'dynamic', 'yarn', 'llama3', 'longrope')
 LAYOUTS = ('half', 'interleaved')
-_REQUIRED = {
-    'linear': ('factor',), 'ntk': ('factor',),
-    'dynamic': ('factor', 'original_max_position', 'seq_len'),
-    'yarn': ('factor', 'original_max_position'), 'llama3': ('factor',),
-    'longrope': ('short_factor', 'long_factor', 'original_max_position',
-                 'seq_len'),
-}
-_OPTIONAL = {
-    'linear': (), 'ntk': (), 'dynamic': (),
-    'yarn': ('beta_fast', 'beta_slow', 'attention_factor'),
-    'llama3': ('low_freq_factor', 'high_freq_factor', 'original_max_position'),
-    'longrope': ('factor', 'max_position', 'attention_factor'),
-}
-
-
-def _check_scaling(scaling: Mapping[str, Any], dim: int) -> dict[str, Any]:
-  s = dict(scaling)
-  kind = s.pop('type', None)
-  if kind not in SCALING_TYPES:
-    raise ValueError(f'scaling.type: got {kind!r}; allowed: {", ".join(SCALING_TYPES)}')
-  allowed = _REQUIRED[kind] + _OPTIONAL[kind]
-  if unknown := sorted(set(s) - set(allowed)):
-    raise ValueError(f'scaling.{unknown[0]}: unknown key for type {kind!r}; '
-                     f'allowed: {", ".join(allowed)}')
-  if missing := [key for key in _REQUIRED[kind] if s.get(key) is None]:
-    raise ValueError(f'scaling.{missing[0]}: required for type {kind!r}; allowed: '
-                     f'a dict with {", ".join(_REQUIRED[kind])}')
-  if kind == 'longrope' and s.get('factor') is None:
-    if s.get('max_position') is None:
-      raise ValueError('scaling.max_position: required for type longrope when '
-                       'scaling.factor is not given; allowed: a number > 0')
-    s['factor'] = s['max_position'] / s['original_max_position']
-  for key in ('factor', 'original_max_position', 'seq_len', 'beta_fast',
-              'beta_slow', 'attention_factor', 'low_freq_factor',
-              'high_freq_factor', 'max_position'):
-    if key in s and s[key] is not None and not s[key] > 0:
-      raise ValueError(f'scaling.{key}: got {s[key]!r}; allowed: a number > 0')
-  low, high = s.get('low_freq_factor', 1.0), s.get('high_freq_factor', 4.0)
-  if kind == 'llama3' and not low < high:
-    raise ValueError(f'scaling.high_freq_factor: got {high!r}; allowed: a number > '
-                     f'scaling.low_freq_factor={low!r}')
-  for key in ('short_factor', 'long_factor'):
-    if key in s and (len(s[key]) != dim // 2 or min(s[key]) <= 0):
-      raise ValueError(f'scaling.{key}: got {len(s[key])} numbers; allowed: '
-                       f'{dim // 2} (= rotary dim / 2) positive numbers')
-  return dict(s, type=kind)
-
-
-def rope_inv_freq(dim: int, *, base: float = 10000.0,
-                  scaling: Mapping[str, Any] | None = None
-                  ) -> tuple[np.ndarray, float]:
-  """Inverse frequencies ``[dim // 2]`` float32 and the attention factor.
-
-  ``scaling`` is None or a dict with ``type`` in ``SCALING_TYPES`` (keys in
-  ``_REQUIRED`` / ``_OPTIONAL``). The attention factor multiplies cos and sin
-  (YaRN's mscale, LongRoPE's scaling); it is 1.0 for the other types.
-  Computed in float64 from static hyperparameters, so ``seq_len`` (dynamic,
-  longrope) must be a Python number.
-  """
-  if dim <= 0 or dim % 2:
-    raise ValueError(f'rotary dim must be a positive even number, got {dim}')
-  check_base(base, 'base')
-  exponent = np.arange(0, dim, 2, dtype=np.float64) / dim
-  inv_freq = sinusoid_inv_freq(dim, base)
-  if scaling is None:
-    return inv_freq.astype(np.float32), 1.0
-  s = _check_scaling(scaling, dim)
-  kind, factor, attention_factor = s['type'], s.get('factor'), 1.0
-  if kind == 'linear':
-    inv_freq = inv_freq / factor
-  elif kind == 'ntk':
-    inv_freq = (base * factor ** (dim / (dim - 2))) ** -exponent
-  elif kind == 'dynamic':
-    ratio = s['seq_len'] / s['original_max_position']
-    if ratio > 1:
-      inv_freq = (base * (factor * ratio - (factor - 1)) ** (dim / (dim - 2))) ** -exponent
-  elif kind == 'yarn':
-    orig = s['original_max_position']
-    def correction_dim(rotations):
-      return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
-    low = max(math.floor(correction_dim(s.get('beta_fast', 32.0))), 0)
-    high = min(math.ceil(correction_dim(s.get('beta_slow', 1.0))), dim - 1)
-    ramp = np.clip((np.arange(dim // 2) - low) / (high - low + 0.001 * (low == high)), 0, 1)
-    inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
-    attention_factor = s.get('attention_factor') or (
-        0.1 * math.log(factor) + 1 if factor > 1 else 1.0)
-  elif kind == 'llama3':
-    orig = s.get('original_max_position', 8192)
-    low_ff, high_ff = s.get('low_freq_factor', 1.0), s.get('high_freq_factor', 4.0)
-    wavelen = 2 * math.pi / inv_freq
-    smooth = np.clip((orig / wavelen - low_ff) / (high_ff - low_ff), 0, 1)
-    # smooth = 1 for wavelen <= orig / high_ff (kept), 0 for >= orig / low_ff
-    # (interpolated by factor), linear in orig / wavelen in between.
-    inv_freq = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-  else:  # longrope
-    use_long = s['seq_len'] > s['original_max_position']
-    ext = np.asarray(s['long_factor' if use_long else 'short_factor'], np.float64)
-    inv_freq = inv_freq / ext
-    attention_factor = s.get('attention_factor') or (
-        math.sqrt(1 + math.log(factor) / math.log(s['original_max_position']))
-        if factor > 1 else 1.0)
-  return inv_freq.astype(np.float32), float(attention_factor)
 
 
 def _rotate(x_BxLxHxK: Array, cos_BxLxR: Array, sin_BxLxR: Array,

@@ -1,0 +1,158 @@
+"""The RoPE family as the big models ship it: p-RoPE, YaRN's mscale and truncate,
+M-RoPE, and Hugging Face configs mapped to ``rope`` arguments. Each against an
+independent numpy transcription of the published formula (Hugging Face
+``modeling_rope_utils`` for the scalings; Qwen2-VL / Qwen3-VL for M-RoPE)."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from posjax import encodings
+from posjax.encodings.mrope import mrope_rows
+
+
+def _hf_default(dim, base):
+  return 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+
+
+def _hf_yarn(dim, base, factor, original, beta_fast=32, beta_slow=1, mscale=None,
+             mscale_all_dim=None, truncate=True):
+  """``_compute_yarn_parameters`` transcribed."""
+  get_mscale = lambda s, m=1: 0.1 * m * math.log(s) + 1.0 if s > 1 else 1.0  # noqa: E731
+  if mscale and mscale_all_dim:
+    attention = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+  else:
+    attention = get_mscale(factor)
+  corr = lambda rot: dim * math.log(original / (rot * 2 * math.pi)) / (2 * math.log(base))  # noqa: E731
+  low, high = corr(beta_fast), corr(beta_slow)
+  if truncate:
+    low, high = math.floor(low), math.ceil(high)
+  low, high = max(low, 0), min(high, dim - 1)
+  if low == high:
+    high += 0.001
+  ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0, 1)
+  extrapolation = 1 - ramp
+  pos = _hf_default(dim, base)
+  return (pos / factor) * (1 - extrapolation) + pos * extrapolation, attention
+
+
+def _hf_llama3(dim, base, factor, low_ff, high_ff, original):
+  inv = _hf_default(dim, base)
+  wavelen = 2 * math.pi / inv
+  out = np.where(wavelen > original / low_ff, inv / factor, inv)
+  smooth = (original / wavelen - low_ff) / (high_ff - low_ff)
+  mid = (wavelen >= original / high_ff) & (wavelen <= original / low_ff)
+  return np.where(mid, (1 - smooth) * out / factor + smooth * out, out)
+
+
+# Published configs (fields copied from the models' config.json on Hugging Face).
+LLAMA31_8B = {'hidden_size': 4096, 'num_attention_heads': 32, 'rope_theta': 500000.0,
+              'max_position_embeddings': 131072,
+              'rope_scaling': {'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0,
+                               'high_freq_factor': 4.0,
+                               'original_max_position_embeddings': 8192}}
+QWEN25_7B_YARN = {'hidden_size': 3584, 'num_attention_heads': 28, 'rope_theta': 1000000.0,
+                  'max_position_embeddings': 32768,  # model card: add this rope_scaling
+                  'rope_scaling': {'type': 'yarn', 'factor': 4.0,
+                                   'original_max_position_embeddings': 32768}}
+DEEPSEEK_V3 = {'hidden_size': 7168, 'num_attention_heads': 128, 'qk_rope_head_dim': 64,
+               'rope_theta': 10000, 'max_position_embeddings': 163840,
+               'rope_scaling': {'type': 'yarn', 'factor': 40, 'beta_fast': 32, 'beta_slow': 1,
+                                'mscale': 1.0, 'mscale_all_dim': 1.0,
+                                'original_max_position_embeddings': 4096}}
+GPT_OSS_20B = {'hidden_size': 2880, 'num_attention_heads': 64, 'head_dim': 64,
+               'rope_theta': 150000, 'max_position_embeddings': 131072,
+               'rope_scaling': {'rope_type': 'yarn', 'factor': 32.0, 'beta_fast': 32.0,
+                                'beta_slow': 1.0, 'truncate': False,
+                                'original_max_position_embeddings': 4096}}
+# Phi-3-mini-128k's structure (head dim 96, 4096 -> 131072); its 48 + 48 factors
+# are not copied here: synthetic ones of the same shape.
+PHI3_LIKE = {'hidden_size': 3072, 'num_attention_heads': 32, 'rope_theta': 10000.0,
+             'max_position_embeddings': 131072, 'original_max_position_embeddings': 4096,
+             'rope_scaling': {'type': 'longrope', 'short_factor': list(np.linspace(1, 1.2, 48)),
+                              'long_factor': list(np.linspace(1, 40, 48))}}
+
+
+def _ours(config, **extra):
+  args = encodings.rope_args_from_hf(config)
+  dim = int(args.pop('head_dim') * args.pop('rotary_fraction', 1.0)) // 2 * 2
+  scaling = args.get('scaling')
+  if scaling is not None:
+    scaling = {**scaling, **extra}
+  return encodings.rope_inv_freq(dim, base=args['base'], scaling=scaling)
+
+
+def test_published_configs_reproduce_their_frequencies_and_attention_factor():
+  inv, factor = _ours(LLAMA31_8B)
+  np.testing.assert_allclose(inv, _hf_llama3(128, 500000.0, 8.0, 1.0, 4.0, 8192), rtol=1e-6)
+  assert factor == 1.0 and inv[0] == 1.0
+  for config, dim, want in (
+      (QWEN25_7B_YARN, 128, _hf_yarn(128, 1e6, 4.0, 32768)),
+      (DEEPSEEK_V3, 64, _hf_yarn(64, 10000, 40, 4096, mscale=1.0, mscale_all_dim=1.0)),
+      (GPT_OSS_20B, 64, _hf_yarn(64, 150000, 32.0, 4096, truncate=False))):
+    inv, factor = _ours(config)
+    assert len(inv) == dim // 2
+    np.testing.assert_allclose(inv, want[0], rtol=1e-6)
+    assert factor == pytest.approx(want[1], rel=1e-12)
+  assert _ours(DEEPSEEK_V3)[1] == 1.0  # mscale / mscale_all_dim = 1: DeepSeek's ratio.
+  assert _ours(QWEN25_7B_YARN)[1] == pytest.approx(0.1 * math.log(4) + 1)
+  inv, factor = _ours(PHI3_LIKE, seq_len=131072)
+  long = np.asarray(PHI3_LIKE['rope_scaling']['long_factor'])
+  np.testing.assert_allclose(inv, _hf_default(96, 10000.0) / long, rtol=1e-6)
+  assert factor == pytest.approx(math.sqrt(1 + math.log(32) / math.log(4096)))
+
+
+def test_yarn_truncate_and_mscale():
+  base = {'type': 'yarn', 'factor': 32.0, 'original_max_position': 4096}
+  kept, _ = encodings.rope_inv_freq(64, base=150000, scaling=base)
+  fractional, _ = encodings.rope_inv_freq(64, base=150000, scaling={**base, 'truncate': False})
+  assert not np.allclose(kept, fractional)  # gpt-oss ships truncate=False.
+  _, factor = encodings.rope_inv_freq(64, scaling={**base, 'mscale': 0.707, 'mscale_all_dim': 1})
+  assert factor == pytest.approx((0.1 * 0.707 * math.log(32) + 1) / (0.1 * math.log(32) + 1))
+
+
+def test_proportional_keeps_the_highest_frequencies():
+  """p-RoPE: floor(p * dim / 2) highest of base^(-2i/dim) kept, the rest 0."""
+  for p, kept in ((0.25, 8), (0.5, 16), (0.3, 9), (1.0, 32), (0.0, 0)):
+    inv, factor = encodings.rope_inv_freq(64, scaling={'type': 'proportional', 'fraction': p})
+    np.testing.assert_allclose(inv[:kept], _hf_default(64, 10000.0)[:kept], rtol=1e-6)
+    assert not inv[kept:].any() and factor == 1.0
+  with pytest.raises(ValueError, match=r'scaling.fraction: got 1.5; allowed: a number in \[0, 1\]'):
+    encodings.rope_inv_freq(64, scaling={'type': 'proportional', 'fraction': 1.5})
+
+
+def test_unknown_and_per_layer_configs_are_one_line_errors():
+  with pytest.raises(ValueError, match="rope_type: got 'xpos'; allowed: default, linear"):
+    encodings.rope_args_from_hf({**LLAMA31_8B, 'rope_scaling': {'rope_type': 'xpos'}})
+  gemma3 = {'head_dim': 256, 'layer_types': ['sliding_attention'] * 5 + ['full_attention'],
+            'rope_parameters': {'sliding_attention': {'rope_type': 'default', 'rope_theta': 1e4},
+                                'full_attention': {'rope_type': 'linear', 'factor': 8.0,
+                                                   'rope_theta': 1e6}}}
+  with pytest.raises(ValueError, match='one entry per layer type'):
+    encodings.rope_args_from_hf(gemma3)
+  full = {'head_dim': 256, 'rope_parameters': gemma3['rope_parameters']['full_attention']}
+  assert encodings.rope_args_from_hf(full) == {
+      'base': 1e6, 'head_dim': 256, 'scaling': {'type': 'linear', 'factor': 8.0}}
+
+
+def test_mrope_equals_rope_on_equal_rows_and_assigns_pairs_by_section():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 3, 16))
+  pos = jax.random.randint(jax.random.key(1), (2, 5), 0, 10_000)
+  inv, _ = encodings.rope_inv_freq(16)
+  for interleaved in (False, True):
+    got = encodings.apply_mrope(x, jnp.stack([pos] * 3), inv, mrope_section=(2, 3, 3),
+                                interleaved=interleaved)
+    np.testing.assert_array_equal(got, encodings.apply_rope(x, pos, inv))
+  # Qwen2-VL sections (16, 24, 24) of 64 pairs; Qwen3-VL interleaved (24, 20, 20).
+  assert list(mrope_rows(64, (16, 24, 24), False)) == [0] * 16 + [1] * 24 + [2] * 24
+  rows = mrope_rows(64, (24, 20, 20), True)
+  assert list(rows[:6]) == [0, 1, 2, 0, 1, 2] and list(rows[60:]) == [0] * 4
+  assert [int((rows == r).sum()) for r in range(3)] == [24, 20, 20]
+  # Pair k rotates by its row's position: height rows moved alone move height pairs only.
+  t, h, w = pos, pos + 7, pos * 2
+  got = encodings.apply_mrope(x, jnp.stack([t, h, w]), inv, mrope_section=(2, 3, 3))
+  for k, row in enumerate((t, t, h, h, h, w, w, w)):
+    want = encodings.apply_rope(x, row, inv)
+    np.testing.assert_allclose(got[..., [k, k + 8]], want[..., [k, k + 8]], atol=1e-5)
