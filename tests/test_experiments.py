@@ -503,8 +503,9 @@ def test_every_script_has_help(script):
                         capture_output=True, text=True, timeout=120,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stderr
+  own = {'attention_benchmark.py': '--repeats', 'compile_benchmark.py': '--layers'}
   flag = '--workdir' if 'run_suite' in open(os.path.join(REPO, 'experiments', script)).read() \
-      else '--repeats' if script == 'attention_benchmark.py' else '--parts'
+      else own.get(script, '--parts')
   assert f'{flag}:' in proc.stdout and 'error' not in proc.stderr, proc
 
 

@@ -89,13 +89,13 @@ def cudnn_attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qseg_BxL, kseg_BxS, *, causal:
   return out.astype(dtype)
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(length: int, heads: int, causal: bool, interpret: bool):
   from jax.experimental.pallas.ops.tpu import splash_attention as sa
   b = next(b for b in SPLASH_BLOCKS if length % b == 0)
   one = sa.CausalMask((length, length)) if causal else sa.FullMask((length, length))
   sizes = sa.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
                         block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
+  # Not cached: the kernel keeps arrays of the trace that first called it.
   return sa.make_splash_mha(sa.MultiHeadMask([one] * heads), block_sizes=sizes,
                             head_shards=1, q_seq_shards=1, interpret=interpret)
 
