@@ -14,6 +14,10 @@ Usage:
 Arguments (comma-separated, ``key=value`` or a bare flag):
   posenc=<name>   a registered encoding (``posjax.encodings.names()``)
   size=tiny|small|base
+  arch=irope|gemma3|command_a|swan
+                  a recent model's per-layer schedule (``posjax.config_lib.ARCHS``:
+                  windows / chunks of a quarter of the training length, num_layers a
+                  multiple of the pattern); posenc is then the pattern's base
   runlocal        shrinks everything to train in about a minute on 2 CPU cores
 """
 import ml_collections
@@ -28,7 +32,7 @@ SIZES = {  # num_layers, num_heads, model_dim, mlp_dim
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, posenc='rope', size='small', runlocal=False)
+  arg = config_lib.parse_arg(arg, posenc='rope', size='small', arch='', runlocal=False)
   if arg.size not in SIZES:
     raise ValueError(f'size: got {arg.size!r}; allowed: {", ".join(SIZES)}')
   c = config_lib.base_config(arg.posenc)
@@ -62,6 +66,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
     c.model.update(num_layers=2, num_heads=4, model_dim=128, mlp_dim=256,
                    max_len=128, dtype='float32')
+  if arg.arch:
+    fields = config_lib.arch_fields(arg.arch, c.seq_len)
+    period = len(fields['layer_pattern'])
+    c.model.update(fields, num_layers=-(-c.model.num_layers // period) * period)
   if arg.posenc == 'learned':  # The table must cover every evaluation length.
     c.model.max_len = max(c.eval_lengths)
   return c

@@ -213,7 +213,9 @@ def base_config(posenc: str = 'rope') -> ml_collections.ConfigDict:
       tied_embedding=True, posenc=posenc, posenc_args=ml_collections.ConfigDict(),
       attention='auto', block_size=ml_collections.FieldReference('auto', field_type=object),
       remat='none', scan_layers=True, qk_norm='none', qk_norm_scale='learned',
-      temperature='none', temperature_args=ml_collections.ConfigDict(),
+      temperature='none', temperature_args=ml_collections.ConfigDict(), window=0, chunk=0,
+      sinks='none', sink_tokens=0,
+      layer_pattern=ml_collections.FieldReference((), field_type=tuple),
       randomized_positions=False, max_random_position=4096, num_classes=2, pooling='mean',
       pad_id=0))
   return c
@@ -264,3 +266,52 @@ def encoder_sweep() -> list[dict]:
   from posjax import encodings
   return [{'model.posenc': name} for name in encodings.names()
           if not encodings.get(name).causal_only]
+
+
+# ----------------------------------------------------------------------------
+# Presets of recent models' per-layer schedules (``model.layer_pattern``,
+# posjax/models/layer_pattern.py), for ``configs/lm.py:arch=...``. Windows and
+# chunks are a quarter of the training length, so that they scale with it
+# (``runlocal`` included) and evaluation past the training length crosses them;
+# the published models use 1024 (Gemma 3), 4096 (Command A), 512 (SWAN-GPT) and
+# 8192 (Llama 4) at far longer training lengths.
+
+def _irope(w):
+  """Llama 4 (iRoPE): RoPE with chunked attention on three of every four layers,
+  NoPE with global attention and temperature tuning on the fourth."""
+  return 3 * ({'posenc': 'rope', 'chunk': w},) + (
+      {'posenc': 'none', 'temperature': 'llama4',
+       'temperature_args': {'floor_scale': w, 'attn_scale': 0.1}},)
+
+
+def _gemma3(w):
+  """Gemma 3: five sliding-window layers (RoPE base 10,000), one global layer
+  (base 1,000,000); QK-norm (set by the preset beside the pattern)."""
+  return 5 * ({'posenc': 'rope', 'posenc_args': {'base': 10_000.0}, 'window': w},) + (
+      {'posenc': 'rope', 'posenc_args': {'base': 1_000_000.0}},)
+
+
+def _command_a(w):
+  """Command A: three sliding-window RoPE layers to one global NoPE layer."""
+  return 3 * ({'posenc': 'rope', 'window': w},) + ({'posenc': 'none'},)
+
+
+def _swan(w):
+  """SWAN-GPT: global NoPE layers interleaved with sliding-window RoPE layers
+  (one to three), the NoPE layers' queries scaled by log-length past the
+  training length (``temperature='logn'``: 1 up to it)."""
+  return 3 * ({'posenc': 'rope', 'window': w},) + ({'posenc': 'none', 'temperature': 'logn'},)
+
+
+# arch -> (pattern of a window / chunk w, other model fields, w as a fraction of the training length).
+ARCHS = {'irope': (_irope, {}, 1 / 4), 'gemma3': (_gemma3, {'qk_norm': 'rms'}, 1 / 4),
+         'command_a': (_command_a, {}, 1 / 4), 'swan': (_swan, {}, 1 / 4)}
+
+
+def arch_fields(arch: str, train_len: int) -> dict:
+  """The model fields of preset ``arch`` for this training length."""
+  if arch not in ARCHS:
+    raise ValueError(f'arch: got {arch!r}; allowed: {", ".join(ARCHS)}')
+  pattern, fields, fraction = ARCHS[arch]
+  w = max(1, int(train_len * fraction))
+  return dict(fields, layer_pattern=pattern(w))

@@ -9,6 +9,7 @@ import pytest
 
 from posjax import encodings, models
 from posjax.models.kernels import blocks
+from posjax.models.kernels.span import Span
 
 from test_models import _cfg, _params, _supports  # noqa: F401 (shared generic params)
 
@@ -75,20 +76,45 @@ def test_flash_equals_dense_bidirectional():
 
 
 def test_causal_tiles_above_the_diagonal_are_not_visited():
-  tiles = blocks.Tiles(bq=4, bk=4, nq=3, nk=3, causal=True)
+  tiles = blocks.Tiles(bq=4, bk=4, nq=3, nk=3, span=Span(causal=True))
   qidx = jnp.arange(12).reshape(3, 1, 4)
-  assert [int(tiles.num_key_tiles(qidx[i])) for i in range(3)] == [1, 2, 3]
-  assert int(tiles.num_key_tiles(jnp.full((1, 4), -1))) == 0  # Padding rows only.
-  assert blocks.Tiles(4, 4, 3, 3, causal=False).num_key_tiles(qidx[0]) == 3
+  assert [tuple(map(int, tiles.key_tiles(qidx[i]))) for i in range(3)] == [(0, 1), (0, 2), (0, 3)]
+  assert int(tiles.key_tiles(jnp.full((1, 4), -1))[1]) == 0  # Padding rows only.
+  assert blocks.Tiles(4, 4, 3, 3, Span()).key_tiles(qidx[0]) == (0, 3)
+
+
+def test_window_and_chunk_tiles_are_the_only_ones_visited():
+  """Query tile i of 16 (tiles of 4) reaches key tiles [first, end): a window of 6
+  spans two or three tiles, a chunk of 8 its own two; sinks add tile 0."""
+  qidx = jnp.arange(64).reshape(16, 1, 4)
+  def ranges(span, i):
+    return tuple(int(a) for a in blocks.Tiles(4, 4, 16, 16, span).key_tiles(qidx[i]))
+  assert [ranges(Span(True, window=6), i) for i in (0, 1, 5, 15)] == [
+      (0, 1), (0, 2), (3, 6), (13, 16)]
+  assert [ranges(Span(True, chunk=8), i) for i in (0, 1, 2, 15)] == [
+      (0, 1), (0, 2), (2, 3), (14, 16)]
+  assert ranges(Span(False, window=6), 5) == (3, 8)
+  assert ranges(Span(True, window=6, sinks=2), 5) == (0, 6)
+  assert ranges(Span(True, window=6, aligned=False), 5) == (0, 6)  # (Rolling cache.)
+  # The tile test says no only where no pair is in the span.
+  for span in (Span(True, window=6), Span(True, chunk=8), Span(False, window=5, sinks=3)):
+    for i in range(16):
+      for j in range(16):
+        pairs = span.pairs(qidx[i], qidx[j])
+        assert bool(span.tile_may_see(qidx[i], qidx[j])[0]) >= bool(pairs.any()), (span, i, j)
+        assert bool(span.tile_is_full(qidx[i], qidx[j])[0]) <= bool(pairs.all()), (span, i, j)
+        first, end = span.key_tiles(qidx[i], 4, 16)
+        assert not pairs.any() or first <= j < end, (span, i, j)
 
 
 def test_tiles_of_other_segments_are_skipped():
-  q_seg = jnp.asarray([[1, 1, 2, 2]])
-  assert bool(blocks.nonempty(q_seg, jnp.asarray([[2, 3, 3, 3]]), jnp.arange(4)[None]))
-  assert not bool(blocks.nonempty(q_seg, jnp.asarray([[3, 3, 4, 4]]), jnp.arange(4)[None]))
+  q_seg, span = jnp.asarray([[1, 1, 2, 2]]), Span()
+  idx = jnp.arange(4)[None]
+  assert bool(blocks.nonempty(q_seg, jnp.asarray([[2, 3, 3, 3]]), idx, idx, span))
+  assert not bool(blocks.nonempty(q_seg, jnp.asarray([[3, 3, 4, 4]]), idx, idx, span))
   # Keys of the query's segment that are padding / empty cache slots do not count.
-  assert not bool(blocks.nonempty(q_seg, jnp.asarray([[1, 1, 3, 3]]),
-                                  jnp.asarray([[-1, -1, 2, 3]])))
+  assert not bool(blocks.nonempty(q_seg, jnp.asarray([[1, 1, 3, 3]]), idx,
+                                  jnp.asarray([[-1, -1, 2, 3]]), span))
 
 
 @pytest.mark.parametrize('posenc', [pytest.param(n, marks=() if n in ('alibi', 'cope') else

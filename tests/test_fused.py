@@ -9,6 +9,7 @@ import pytest
 from posjax import models
 from posjax.models import attention
 from posjax.models.kernels import blockwise, vendor
+from posjax.models.kernels.span import Span
 from posjax.training import sharding, validation
 
 from test_models import _cfg, _params
@@ -32,7 +33,7 @@ def _dense(q, k, v, seg, causal):
   idx = jnp.broadcast_to(jnp.arange(q.shape[1]), seg.shape)
   pos = idx
   enc = _cfg('none').make_encoding()
-  return blockwise.attend(enc, q, k, v, pos, pos, idx, idx, seg, seg, causal=causal,
+  return blockwise.attend(enc, q, k, v, pos, pos, idx, idx, seg, seg, span=Span(causal),
                           block_size=None, scale=K ** -0.5)[0]
 
 

@@ -10,6 +10,10 @@ import pytest
 from posjax import encodings, models
 
 NAMES = encodings.names()
+# One encoding per hook by default (none; bias: plain, MLP, carried, shared table;
+# values; qk; qk + bias; embed); every encoding with --runslow.
+FAST = ('none', 'alibi', 'fire', 'cope', 't5', 'shaw', 'rope', 'transformer_xl', 'learned')
+CASES = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in NAMES]
 
 
 def _cfg(posenc, **kw):
@@ -60,7 +64,7 @@ def test_names_cover_the_issue():
   assert required <= set(NAMES)
 
 
-@pytest.mark.parametrize('posenc', NAMES)
+@pytest.mark.parametrize('posenc', CASES)
 def test_jit_matches_eager(posenc):
   cfg = _cfg(posenc, num_layers=1)
   tokens = _tokens()
@@ -72,7 +76,7 @@ def test_jit_matches_eager(posenc):
 
 
 @pytest.mark.parametrize('kind', ['decoder', 'encoder_classifier'])
-@pytest.mark.parametrize('posenc', NAMES)
+@pytest.mark.parametrize('posenc', CASES)
 def test_blockwise_equals_dense(posenc, kind):
   if not _supports(posenc, kind == 'decoder'):
     pytest.skip(f'{posenc} is not defined for {kind}')
@@ -93,7 +97,7 @@ def test_blockwise_equals_dense(posenc, kind):
 
 
 @pytest.mark.parametrize('attention', ['dense', 'blockwise'])
-@pytest.mark.parametrize('posenc', NAMES)
+@pytest.mark.parametrize('posenc', CASES)
 def test_cached_decoding_equals_full_pass(posenc, attention):
   cfg = _cfg(posenc, attention=attention, num_layers=1)
   if not cfg.encoding_class.supports_decoding:
@@ -114,7 +118,7 @@ def test_cached_decoding_equals_full_pass(posenc, attention):
   np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('posenc', NAMES)
+@pytest.mark.parametrize('posenc', CASES)
 def test_packed_equals_separate(posenc):
   cfg = _cfg(posenc, num_layers=1)
   docs = _tokens(2, 6, seed=5)
@@ -130,7 +134,7 @@ def test_packed_equals_separate(posenc):
   np.testing.assert_allclose(out[0, 6:], separate[1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('posenc', NAMES)
+@pytest.mark.parametrize('posenc', CASES)
 def test_every_parameter_gets_gradient(posenc):
   cfg = _cfg(posenc)
   tokens = _tokens()

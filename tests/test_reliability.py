@@ -26,6 +26,7 @@ from posjax.workdir import checkpoints, restore, run_config
 
 from posjax.encodings import registry
 from posjax.models.kernels import blockwise
+from posjax.models.kernels.span import Span
 
 from test_train import ROOT, tiny_config
 
@@ -445,7 +446,7 @@ def test_long_distance_bias_softmax_stays_finite_and_attends(posenc, attention_p
 
   def run(variables, q, k):
     e = enc.bind(variables)
-    out, _ = blockwise.attend(e, q, k, v, pos, pos, idx, idx, seg, seg, causal=True,
+    out, _ = blockwise.attend(e, q, k, v, pos, pos, idx, idx, seg, seg, span=Span(True),
                               block_size=block, scale=K ** -0.5)
     return out, e.bias(q, k, pos, pos, None, None)[0]
 

@@ -14,13 +14,15 @@ value hook). Attention never branches on encoding names.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from posjax.encodings.base import Encoding
-from posjax.models import temperature
+from posjax.models import cache, temperature
 from posjax.models.config import ModelConfig
 from posjax.models.kernels import blocks, blockwise, flash, pallas, tile_sizes, vendor
 
@@ -56,37 +58,41 @@ def choose(cfg: ModelConfig, num_queries: int, num_keys: int) -> str:
   return chosen
 
 
-def _dense(cfg: ModelConfig, *args):
-  return blockwise.attend(*args, causal=cfg.causal, block_size=None, scale=cfg.head_dim ** -0.5)
+def _dense(cfg: ModelConfig, *args, span, sink):
+  return blockwise.attend(*args, span=span, block_size=None, scale=cfg.head_dim ** -0.5,
+                          sink_H=sink)
 
 
-def _blockwise(cfg: ModelConfig, *args):
+def _blockwise(cfg: ModelConfig, *args, span, sink):
   block, _ = tile_sizes.tiles(cfg, 'blockwise', args[1].shape[1])
-  return blockwise.attend(*args, causal=cfg.causal, block_size=block,
-                          scale=cfg.head_dim ** -0.5)
+  return blockwise.attend(*args, span=span, block_size=block, scale=cfg.head_dim ** -0.5,
+                          sink_H=sink)
 
 
-def _flash(cfg: ModelConfig, *args):
+def _flash(cfg: ModelConfig, *args, span, sink):
   block_q, block_k = tile_sizes.tiles(cfg, 'flash', args[1].shape[1])
-  return flash.attend(*args, causal=cfg.causal, block_q=block_q, block_k=block_k,
-                      scale=cfg.head_dim ** -0.5), None
+  return flash.attend(*args, span=span, block_q=block_q, block_k=block_k,
+                      scale=cfg.head_dim ** -0.5, sink_H=sink), None
 
 
-def _pallas(cfg: ModelConfig, *args):
+def _pallas(cfg: ModelConfig, *args, span, sink):
   block_q, block_k = tile_sizes.tiles(cfg, 'pallas', args[1].shape[1])
-  return pallas.attend(*args, causal=cfg.causal, block_q=block_q, block_k=block_k,
-                       scale=cfg.head_dim ** -0.5, interpret=vendor.emulated()), None
+  return pallas.attend(*args, span=span, block_q=block_q, block_k=block_k,
+                       scale=cfg.head_dim ** -0.5, sink_H=sink,
+                       interpret=vendor.emulated()), None
 
 
 def _vendor(kernel: str):
-  def run(cfg: ModelConfig, enc, q, k, v, qpos, kpos, qidx, kidx, qseg, kseg):
-    return vendor.attend(kernel, q, k, v, qseg, kseg, causal=cfg.causal,
+  def run(cfg: ModelConfig, enc, q, k, v, qpos, kpos, qidx, kidx, qseg, kseg, *, span, sink):
+    return vendor.attend(kernel, q, k, v, qseg, kseg, causal=span.causal,
                          scale=cfg.head_dim ** -0.5), None
   return run
 
 
-# ``model.attention`` -> ``fn(cfg, enc, q, k, v, qpos, kpos, qidx, kidx, qseg, kseg)
-# -> (out [B, L, H, Kv], probabilities [B, H, L, S] or None)``.
+# ``model.attention`` -> ``fn(cfg, enc, q, k, v, qpos, kpos, qidx, kidx, qseg, kseg, *,
+# span, sink) -> (out [B, L, H, Kv], probabilities [B, H, L, S] or None)``: ``span``
+# (kernels.span.Span) says which slots each query sees, ``sink`` is the learned
+# per-head sink logit ``[H]`` or None.
 IMPLEMENTATIONS = {'dense': _dense, 'blockwise': _blockwise, 'flash': _flash,
                    'pallas': _pallas, 'cudnn': _vendor('cudnn'), 'splash': _vendor('splash')}
 
@@ -111,18 +117,25 @@ class Attention(nn.Module):
     q, k = temperature.qk_norm(self, cfg, q, k, stage='after')
     B, L = pos_BxL.shape
     idx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-    kidx, kpos, kseg = idx, pos_BxL, seg_BxL
-    if decode:
-      k, v, kpos, kseg, kidx, idx = self._update_cache(k, v, pos_BxL, seg_BxL)
+    kidx, kpos, kseg, span = idx, pos_BxL, seg_BxL, cfg.span
+    if decode and cfg.cache_window:
+      k, v, kpos, kseg, kidx, idx = cache.rolling(self, cfg, k, v, pos_BxL, seg_BxL)
+      span = dataclasses.replace(span, aligned=False)
+    elif decode:
+      k, v, kpos, kseg, kidx, idx = cache.full(self, k, v, pos_BxL, seg_BxL)
     t = temperature.query_temperature(self, cfg, pos_BxL, lambda: blocks.allowed(
-        idx, kidx, seg_BxL, kseg, cfg.causal))
+        idx, kidx, seg_BxL, kseg, span, pos_BxL, kpos))
     if t is not None:
       q = (q.astype(jnp.float32) * t).astype(q.dtype)
+    sink = None
+    if cfg.sinks == 'learned':  # gpt-oss: one logit per head in the softmax's denominator.
+      sink = self.param('sinks', nn.with_logical_partitioning(nn.initializers.zeros, ('heads',)),
+                        (H,), jnp.float32)
     args = (self.encoding, q, k, v, pos_BxL, kpos, idx, kidx, seg_BxL, kseg)
     impl = choose(cfg, q.shape[1], k.shape[1])
     if impl in ('flash', 'pallas') and self.is_initializing():  # Init makes the encoding's
       impl = 'blockwise'  # params, which flash applies its hooks to; blockwise: linear memory.
-    out, probs = IMPLEMENTATIONS[impl](cfg, *args)
+    out, probs = IMPLEMENTATIONS[impl](cfg, *args, span=span, sink=sink)
     if probs is not None:  # Analysis: ``capture`` the 'intermediates' collection.
       self.sow('intermediates', 'attention_probs', probs)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
@@ -130,29 +143,3 @@ class Attention(nn.Module):
         nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), ('heads', 'kv', 'embed')),
         (H, K, D), jnp.float32)
     return jnp.einsum('blhk,hkd->bld', out, w_out.astype(cfg.activation_dtype))
-
-  def _update_cache(self, k, v, pos, seg):
-    """Appends this chunk to the cache; returns the whole cache as keys.
-
-    The cache is sized by the first (initialising) call, whose length is the
-    maximum decode length; later calls append chunks of any length.
-    """
-    B, L = pos.shape
-    is_init = not self.has_variable('cache', 'cached_key')
-    ck = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
-    cv = self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
-    cpos = self.variable('cache', 'cached_pos', jnp.zeros, pos.shape, jnp.int32)
-    cseg = self.variable('cache', 'cached_seg', jnp.zeros, seg.shape, jnp.int32)
-    cidx = self.variable('cache', 'cached_index', lambda: jnp.zeros((), jnp.int32))
-    S = ck.value.shape[1]
-    i = cidx.value
-    if not is_init:
-      ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
-      cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
-      cpos.value = jax.lax.dynamic_update_slice(cpos.value, pos.astype(jnp.int32), (0, i))
-      cseg.value = jax.lax.dynamic_update_slice(cseg.value, seg.astype(jnp.int32), (0, i))
-      cidx.value = i + L
-    slots = jnp.arange(S, dtype=jnp.int32)
-    kidx = jnp.broadcast_to(jnp.where(slots < i + L, slots, -1), (B, S))
-    qidx = jnp.broadcast_to(i + jnp.arange(L, dtype=jnp.int32), (B, L))
-    return ck.value, cv.value, cpos.value, cseg.value, kidx, qidx

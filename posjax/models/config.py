@@ -6,6 +6,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from posjax.models.frozen import freeze as _freeze, thaw as _thaw
+
 KINDS = ('decoder', 'encoder_classifier', 'matcher')
 ATTENTIONS = ('auto', 'dense', 'blockwise', 'flash', 'cudnn', 'splash', 'pallas')
 NORMS = ('layernorm', 'rmsnorm')
@@ -15,6 +17,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # without batch dimensions, i.e. the weight projections ('dots'); see
 # posjax/models/transformer.py REMAT_POLICIES.
 REMATS = ('none', 'full', 'dots')
+SINKS = ('none', 'learned')
 
 
 def _check(ok: bool, field: str, allowed: str, value: Any):
@@ -51,6 +54,11 @@ class ModelConfig:
   qk_norm_scale: str = 'learned'  # learned (per channel) or fixed
   temperature: str = 'none'   # per-query logit temperature: none, logn, llama4, ssmax
   temperature_args: tuple = ()  # sorted (key, value) pairs (models/temperature.py)
+  window: int = 0             # sliding window in tokens (0: none; kernels/span.py)
+  chunk: int = 0              # Llama 4's chunked attention, chunk length (0: none)
+  sinks: str = 'none'         # 'learned': one learned logit per head in the softmax (gpt-oss)
+  sink_tokens: int = 0        # StreamingLLM: the row's first k tokens always visible
+  layer_pattern: tuple = ()   # per-layer overrides, repeated (models/layer_pattern.py)
 
   def __post_init__(self):
     _check(self.kind in KINDS, 'kind', ', '.join(KINDS), self.kind)
@@ -66,6 +74,10 @@ class ModelConfig:
     _check(self.block_size == 'auto' or (isinstance(self.block_size, int) and
                                          self.block_size > 0),
            'block_size', "'auto' or a positive integer", self.block_size)
+    for f in ('window', 'chunk', 'sink_tokens'):
+      _check(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f,
+             'an integer >= 0 (0: off)', getattr(self, f))
+    _check(self.sinks in SINKS, 'sinks', ', '.join(SINKS), self.sinks)
     for f in ('vocab_size', 'num_layers', 'num_heads', 'model_dim', 'mlp_dim',
               'max_len', 'max_random_position', 'num_classes'):
       _check(getattr(self, f) > 0, f, 'a positive integer', getattr(self, f))
@@ -76,6 +88,7 @@ class ModelConfig:
       _check(self.max_random_position >= self.max_len, 'max_random_position',
              f'>= max_len={self.max_len}', self.max_random_position)
     self.make_encoding()  # Validates posenc and posenc_args eagerly.
+    self.layer_configs()  # Validates layer_pattern.
 
   def _check_temperature(self):
     from posjax.models import temperature as t
@@ -105,12 +118,15 @@ class ModelConfig:
     for key in _DICT_FIELDS:
       args = cfg.get(key) or {}
       cfg[key] = _freeze(dict(args.to_dict() if hasattr(args, 'to_dict') else args))
+    cfg['layer_pattern'] = _freeze_pattern(cfg.get('layer_pattern') or ())
     return cls(**cfg)
 
   def replace(self, **kw) -> 'ModelConfig':
     for key in _DICT_FIELDS:
       if key in kw and isinstance(kw[key], Mapping):
         kw[key] = _freeze(dict(kw[key]))
+    if 'layer_pattern' in kw:
+      kw['layer_pattern'] = _freeze_pattern(kw['layer_pattern'])
     return dataclasses.replace(self, **kw)
 
   @property
@@ -120,6 +136,22 @@ class ModelConfig:
   @property
   def causal(self) -> bool:
     return self.kind == 'decoder'
+
+  @property
+  def span(self):
+    """Which key slots each query may see (``kernels.span.Span``)."""
+    from posjax.models.kernels.span import Span
+    return Span(self.causal, self.window, self.chunk, self.sink_tokens)
+
+  @property
+  def cache_window(self) -> int:
+    """Keys a rolling decode cache keeps besides the sinks (0: a full cache)."""
+    return min(w for w in (self.window, self.chunk) if w) if self.window or self.chunk else 0
+
+  def layer_configs(self) -> tuple:
+    """The per-layer configs of one period of ``layer_pattern`` ((self,) without one)."""
+    from posjax.models import layer_pattern
+    return layer_pattern.layer_configs(self)
 
   @property
   def activation_dtype(self):
@@ -150,18 +182,10 @@ class ModelConfig:
 _DICT_FIELDS = ('posenc_args', 'temperature_args')  # Frozen to sorted pairs: hashable.
 
 
-def _freeze(x):
-  if isinstance(x, Mapping) or hasattr(x, 'to_dict'):
-    x = x.to_dict() if hasattr(x, 'to_dict') else x
-    return tuple(sorted((k, _freeze(v)) for k, v in x.items()))
-  if isinstance(x, list):
-    return ('__list__',) + tuple(_freeze(v) for v in x)
-  return x
-
-
-def _thaw(x):
-  if isinstance(x, tuple) and x and x[0] == '__list__':
-    return [_thaw(v) for v in x[1:]]
-  if isinstance(x, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in x) and x:
-    return {k: _thaw(v) for k, v in x}
-  return x
+def _freeze_pattern(pattern):
+  """``layer_pattern`` as a tuple of frozen dicts (a dict entry frozen; others
+  kept, for ``layer_pattern`` to name)."""
+  if hasattr(pattern, 'to_dict') or isinstance(pattern, Mapping):
+    raise ValueError(f'model.layer_pattern: got {pattern!r}; allowed: a list of dicts')
+  return tuple(_freeze(e) if isinstance(e, Mapping) or hasattr(e, 'to_dict') else e
+               for e in pattern)

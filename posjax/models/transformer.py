@@ -8,7 +8,8 @@ receives as an argument; the others get one instance per layer.
 
 ``cfg.remat`` rematerialises each block; ``cfg.scan_layers`` runs the stack as
 one ``nn.scan`` with every per-layer variable (params, cache) stacked on a
-leading axis named 'layers'. Both give the plain model's values and gradients;
+leading axis named 'layers' (with a ``layer_pattern``: per period, the period's
+blocks named ``layer_0 ...`` inside). Both give the plain model's values and gradients;
 ``stack_layers`` / ``unstack_layers`` convert between the two parameter layouts.
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, shared, pos, seg):
     cfg = self.cfg
-    if cfg.encoding_class.shared_across_layers:
+    if cfg.encoding_class.shared_across_layers and shared is not None:
       # Bound to the variables passed in (named, so Attention does not adopt
       # it): nn.scan broadcasts them instead of stacking them per layer.
       enc = cfg.make_encoding('shared', parent=None).bind(shared)
@@ -69,23 +70,49 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
+class Period(nn.Module):
+  """One period of ``model.layer_pattern``: its blocks, one per entry (scanned
+  as one step of the stack)."""
+  cfg: ModelConfig
+  train: bool = False
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, shared, pos, seg):
+    for p, layer in enumerate(self.cfg.layer_configs()):
+      x = _block(self.cfg)(layer, train=self.train, decode=self.decode,
+                           name=f'layer_{p}')(x, shared, pos, seg)
+    return x
+
+
+def _block(cfg: ModelConfig):
+  """``Block``, rematerialised per ``cfg.remat``."""
+  if cfg.remat == 'none':
+    return Block
+  return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+
+
 def _scan_body(block, x, shared, pos, seg):
   return block(x, shared, pos, seg), None
 
 
 def _layer_stack(cfg: ModelConfig, x, shared, pos, seg, *, train: bool, decode: bool):
-  """The ``num_layers`` blocks, plain / rematerialised / scanned per ``cfg``."""
-  block = Block
-  if cfg.remat != 'none':
-    block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+  """The ``num_layers`` blocks, plain / rematerialised / scanned per ``cfg``; with
+  a ``layer_pattern``, layer i is built from entry ``i % len(pattern)`` and the
+  scan steps over periods of the pattern."""
+  layers = cfg.layer_configs()
   if not cfg.scan_layers:
     for i in range(cfg.num_layers):
-      x = block(cfg, train=train, decode=decode, name=f'layer_{i}')(x, shared, pos, seg)
+      x = _block(cfg)(layers[i % len(layers)], train=train, decode=decode,
+                      name=f'layer_{i}')(x, shared, pos, seg)
     return x
+  step = (_block(cfg)(cfg, train=train, decode=decode, name='layers') if len(layers) == 1 else
+          Period(cfg, train=train, decode=decode, name='layers'))
   scan = nn.scan(_scan_body, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
                  split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
-                 length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-  return scan(block(cfg, train=train, decode=decode, name='layers'), x, shared, pos, seg)[0]
+                 length=cfg.num_layers // len(layers),
+                 metadata_params={nn.PARTITION_NAME: 'layers'})
+  return scan(step, x, shared, pos, seg)[0]
 
 
 class Encoder(nn.Module):

@@ -14,20 +14,19 @@ import jax
 import jax.numpy as jnp
 
 from posjax.encodings.base import Encoding
+from posjax.models.kernels.span import Span
 
 NEG = -1e30  # Finite "minus infinity": keeps fully masked rows NaN-free.
 
 
-def allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, causal: bool):
-  """True where query i may attend key j: same segment, and j <= i if causal.
+def allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, span: Span, qpos_BxL, kpos_BxS):
+  """True where query i may attend key j: same segment, and j in ``span`` of i.
 
   Indices are token slots (not positions: positions may be randomized or
   restart per document); key slots < 0 mark padding / empty cache.
   """
-  ok = (qseg_BxL[:, :, None] == kseg_BxS[:, None, :]) & (kidx_BxS[:, None, :] >= 0)
-  if causal:
-    ok &= kidx_BxS[:, None, :] <= qidx_BxL[:, :, None]
-  return ok
+  return ((qseg_BxL[:, :, None] == kseg_BxS[:, None, :])
+          & span.pairs(qidx_BxL, kidx_BxS, qpos_BxL, kpos_BxS))
 
 
 def block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
@@ -63,7 +62,11 @@ class Tiles:
   bk: int
   nq: int
   nk: int
-  causal: bool
+  span: Span
+
+  @property
+  def causal(self) -> bool:
+    return self.span.causal
 
   def q(self, x, i):
     return jax.lax.dynamic_slice_in_dim(x, i * self.bq, self.bq, axis=1)
@@ -71,12 +74,9 @@ class Tiles:
   def k(self, x, j):
     return jax.lax.dynamic_slice_in_dim(x, j * self.bk, self.bk, axis=1)
 
-  def num_key_tiles(self, qidx_t):
-    """Key tiles 0..n-1 can hold an allowed pair for this query tile."""
-    if not self.causal:
-      return self.nk
-    last = jnp.max(qidx_t)  # Padding rows are -1.
-    return jnp.clip(last // self.bk + 1, 0, self.nk).astype(jnp.int32)
+  def key_tiles(self, qidx_t):
+    """Key tiles ``[first, end)`` that can hold an allowed pair for this query tile."""
+    return self.span.key_tiles(qidx_t, self.bk, self.nk)
 
 
 def pad(x, n, fill):
@@ -84,13 +84,13 @@ def pad(x, n, fill):
   return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
 
 
-def nonempty(qseg_t, kseg_t, kidx_t):
-  """False only if no (query, key) pair of the tile shares a segment."""
+def nonempty(qseg_t, kseg_t, qidx_t, kidx_t, kpos_t, span: Span):
+  """False only if no (query, key) pair of the tile shares a segment within the span."""
   big = jnp.iinfo(jnp.int32).max
   valid = kidx_t >= 0
   kmin = jnp.where(valid, kseg_t, big).min(1)
   kmax = jnp.where(valid, kseg_t, -big).max(1)
-  overlap = (qseg_t.min(1) <= kmax) & (kmin <= qseg_t.max(1))
+  overlap = (qseg_t.min(1) <= kmax) & (kmin <= qseg_t.max(1)) & span.tile_may_see(qidx_t, kidx_t, kpos_t)
   return overlap.astype(jnp.int32).max() > 0  # (Not jnp.any: Triton has no reduce_or.)
 
 

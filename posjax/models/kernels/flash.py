@@ -69,20 +69,19 @@ class _Hooks:
     return self._apply('init_carry', q)
 
 
-def _full(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):
+def _full(qidx_t, kidx_t, qseg_t, kseg_t, qpos_t, kpos_t, span):
   """True only if every (query, key) pair of the tile is allowed."""
   seg = qseg_t.min(1)
   ok = ((qseg_t.max(1) == seg) & (kseg_t.min(1) == seg) & (kseg_t.max(1) == seg)
-        & (kidx_t.min(1) >= 0) & (qidx_t.min(1) >= 0))
-  if causal:
-    ok &= kidx_t.max(1) <= qidx_t.min(1)
+        & span.tile_is_full(qidx_t, kidx_t, qpos_t, kpos_t))
   return jnp.all(ok)
 
 
-def _tile_case(qidx_t, kidx_t, qseg_t, kseg_t, causal: bool):
+def _tile_case(qidx_t, kidx_t, qseg_t, kseg_t, qpos_t, kpos_t, span):
   """0: no allowed pair (skipped); 1: some masked pairs; 2: no masked pair."""
-  return jnp.where(blocks.nonempty(qseg_t, kseg_t, kidx_t),
-                   1 + _full(qidx_t, kidx_t, qseg_t, kseg_t, causal), 0).astype(jnp.int32)
+  return jnp.where(blocks.nonempty(qseg_t, kseg_t, qidx_t, kidx_t, kpos_t, span),
+                   1 + _full(qidx_t, kidx_t, qseg_t, kseg_t, qpos_t, kpos_t, span),
+                   0).astype(jnp.int32)
 
 
 def _by_case(case, masked_step, state, mask, skipped=lambda st: st):
@@ -109,15 +108,15 @@ def _forward(module, variables, x: Inputs, scale):
     B, bq, H, _ = q.shape
     init = (jnp.full((B, H, bq), blocks.NEG, _f32), jnp.zeros((B, H, bq), _f32),
             jnp.zeros((B, H, bq, x.v.shape[-1]), _f32), hooks.init_carry(q))
-    n = t.num_key_tiles(qidx)
+    first, end = t.key_tiles(qidx)
 
     def key_tile(s, state):
-      k, v, kpos, kidx, kseg = x.key(n - 1 - s)  # Last tile first (CoPE's carry).
-      mask = blocks.allowed(qidx, kidx, qseg, kseg, t.causal)
+      k, v, kpos, kidx, kseg = x.key(end - 1 - s)  # Last tile first (CoPE's carry).
+      mask = blocks.allowed(qidx, kidx, qseg, kseg, t.span, qpos, kpos)
       step = lambda mask, st: _online_step(hooks, q, k, v, qpos, kpos, mask, st, scale)  # noqa: E731
-      return _by_case(_tile_case(qidx, kidx, qseg, kseg, t.causal), step, state, mask)
+      return _by_case(_tile_case(qidx, kidx, qseg, kseg, qpos, kpos, t.span), step, state, mask)
 
-    m, l, acc, _ = jax.lax.fori_loop(0, n, key_tile, init)
+    m, l, acc, _ = jax.lax.fori_loop(0, end - first, key_tile, init)
     safe = jnp.where(l == 0, 1.0, l)
     out = jnp.swapaxes(acc / safe[..., None], 1, 2)
     return None, (out, jnp.swapaxes(jnp.where(l == 0, 0.0, m + jnp.log(safe)), 1, 2))
@@ -157,25 +156,27 @@ def _masked(s, bias, mask):
   return jnp.where(mask[:, None], s if bias is None else s + bias, blocks.NEG)
 
 
-def _replay_carries(hooks, x, q, qpos, qidx, qseg, n, scale):
+def _replay_carries(hooks, x, q, qpos, qidx, qseg, scale):
   """The carry entering each key tile of a query tile, ``[nk, ...]`` (None: no carry)."""
   carry0 = hooks.init_carry(q)
   if carry0 is None:
     return None
   buf = jax.tree.map(lambda c: jnp.zeros((x.t.nk,) + c.shape, c.dtype), carry0)
 
+  first, end = x.t.key_tiles(qidx)
+
   def key_tile(s, state):
     carry, buf = state
-    j = n - 1 - s
+    j = end - 1 - s
     k, _, kpos, kidx, kseg = x.key(j)
     buf = jax.tree.map(lambda b, c: b.at[j].set(c), buf, carry)
-    mask = blocks.allowed(qidx, kidx, qseg, kseg, x.t.causal)
-    carry = _by_case(_tile_case(qidx, kidx, qseg, kseg, x.t.causal),
+    mask = blocks.allowed(qidx, kidx, qseg, kseg, x.t.span, qpos, kpos)
+    carry = _by_case(_tile_case(qidx, kidx, qseg, kseg, qpos, kpos, x.t.span),
                      lambda mask, c: _logits(hooks, q, k, qpos, kpos, mask, c, scale)[1],
                      carry, mask)
     return carry, buf
 
-  return jax.lax.fori_loop(0, n, key_tile, (carry0, buf))[1]
+  return jax.lax.fori_loop(0, end - first, key_tile, (carry0, buf))[1]
 
 
 def _tile_grads(module, variables, q, k, v, do, qpos, kpos, carry_in, lse_t, D, scale,
@@ -218,21 +219,22 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
     q, qpos, qidx, qseg = x.query(i)
     do = t.q(dout, i).astype(_f32)
     lse_t, D = (jnp.swapaxes(t.q(a, i), 1, 2) for a in (lse, D_BxLxH))  # [B, H, bq]
-    n = t.num_key_tiles(qidx)
-    carries = _replay_carries(_Hooks(module, variables), x, q, qpos, qidx, qseg, n, scale)
+    first, end = t.key_tiles(qidx)
+    carries = _replay_carries(_Hooks(module, variables), x, q, qpos, qidx, qseg, scale)
 
     def key_tile(j, state):
       dq, dk_all, dv_all, dvars, dcarry = state
       k, v, kpos, kidx, kseg = x.key(j)
-      mask = blocks.allowed(qidx, kidx, qseg, kseg, t.causal)
+      mask = blocks.allowed(qidx, kidx, qseg, kseg, t.span, qpos, kpos)
       carry_in = None if carries is None else jax.tree.map(lambda b: b[j], carries)
 
       step = functools.partial(_tile_grads, module, variables, q, k, v, do, qpos, kpos,
                                carry_in, lse_t, D, scale)
       # Only this tile's gradients pass through the switch (a skipped tile's are
       # zeros): whole dk / dv buffers there would be copied on every tile.
-      grads, dcarry = _by_case(_tile_case(qidx, kidx, qseg, kseg, t.causal), step, dcarry,
-                               mask, skipped=lambda dc: (_zeros_of(step, mask, dc), dc))
+      case = _tile_case(qidx, kidx, qseg, kseg, qpos, kpos, t.span)
+      grads, dcarry = _by_case(case, step, dcarry, mask,
+                               skipped=lambda dc: (_zeros_of(step, mask, dc), dc))
       dq_t, dk, dv, dvars_tile = grads
       add = lambda a, d: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
           a, jax.lax.dynamic_slice_in_dim(a, j * t.bk, t.bk, axis=3) + d, j * t.bk, axis=3)
@@ -242,7 +244,7 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
     dcarry0 = None if carries is None else jax.tree.map(lambda b: jnp.zeros_like(b[0]), carries)
     dq0 = jnp.zeros(jnp.swapaxes(q, 1, 2).shape, _f32)
     dq, dk_all, dv_all, dvars, _ = jax.lax.fori_loop(
-        0, n, key_tile, (dq0, dk_all, dv_all, dvars, dcarry0))
+        first, end, key_tile, (dq0, dk_all, dv_all, dvars, dcarry0))
     return (dk_all, dv_all, dvars), jnp.swapaxes(dq, 1, 2)
 
   key_minor = lambda a: jnp.zeros(jnp.transpose(a, (0, 2, 3, 1)).shape, _f32)  # noqa: E731
@@ -253,35 +255,48 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
 
 
 def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, kidx_BxS,
-           qseg_BxL, kseg_BxS, *, causal: bool, block_q: int, block_k: int, scale: float,
-           passes=None):
+           qseg_BxL, kseg_BxS, *, span, block_q: int, block_k: int, scale: float,
+           sink_H=None, passes=None):
   """Flash attention; the same arguments and output as ``blockwise.attend``
   (without probabilities). ``enc`` is a bound encoding module. ``passes``: the
   ``(forward, backward)`` pair run under this custom VJP, by default this module's
-  XLA loops (``posjax.models.kernels.pallas`` passes its kernels)."""
+  XLA loops (``posjax.models.kernels.pallas`` passes its kernels).
+
+  ``sink_H``: a learned logit per head in every row's softmax (float32 ``[H]``),
+  a key of value zero: applied to the passes' output and log-sum-exp
+  (``out * sigmoid(lse - sink)``, ``lse' = logaddexp(lse, sink)``), so the
+  backward passes, given those, need no change; its own gradient is
+  ``-sum_i exp(sink - lse'_i) (dO_i . O_i)``."""
   forward, backward = passes or (_forward, _backward)
   module, variables = enc.unbind()
   L, S = q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
   bq, bk = min(block_q, L), min(block_k, S)
-  tiles = Tiles(bq, bk, -(-L // bq), -(-S // bk), causal)
+  tiles = Tiles(bq, bk, -(-L // bq), -(-S // bk), span)
   ints = tuple(a.astype(jnp.int32) for a in
                (qpos_BxL, kpos_BxS, qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS))
 
   @jax.custom_vjp
-  def flash(variables, q, k, v, ints):
-    return fwd(variables, q, k, v, ints)[0]
+  def flash(variables, q, k, v, sink, ints):
+    return fwd(variables, q, k, v, sink, ints)[0]
 
-  def fwd(variables, q, k, v, ints):
+  def fwd(variables, q, k, v, sink, ints):
     out, lse = forward(module, variables, Inputs(tiles, q, k, v, *ints), scale)
-    return out[:, :L].astype(v.dtype), (variables, q, k, v, ints, out, lse)
+    if sink is not None:
+      out = out * jax.nn.sigmoid(lse - sink)[..., None]
+      lse = jnp.logaddexp(lse, sink)
+    return out[:, :L].astype(v.dtype), (variables, q, k, v, sink, ints, out, lse)
 
   def bwd(res, dout):
-    variables, q, k, v, ints, out, lse = res
+    variables, q, k, v, sink, ints, out, lse = res
     x = Inputs(tiles, q, k, v, *ints)
     dout = pad(dout, tiles.nq * tiles.bq, 0)
     dq, dk, dv, dvars = backward(module, variables, x, out, lse, dout, scale)
+    dsink = None
+    if sink is not None:
+      D = jnp.sum(dout.astype(_f32) * out, -1)
+      dsink = -jnp.sum(jnp.exp(sink - lse) * D, (0, 1))
     return (dvars, dq[:, :L].astype(q.dtype), dk[:, :S].astype(k.dtype),
-            dv[:, :S].astype(v.dtype), jax.tree.map(lambda _: None, ints))
+            dv[:, :S].astype(v.dtype), dsink, jax.tree.map(lambda _: None, ints))
 
   flash.defvjp(fwd, bwd)
-  return flash(variables, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, ints)
+  return flash(variables, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_H, ints)

@@ -67,7 +67,7 @@ def _fwd_kernel(bias_fn, tiles, walk, scale, n_ops, *refs):
   def step(j, state):
     m, l, acc = state
     kpos, kidx, kseg = key(kpos_r, j), key(kidx_r, j), key(kseg_r, j)
-    mask = blocks.allowed(qidx, kidx, qseg, kseg, tiles.causal)
+    mask = blocks.allowed(qidx, kidx, qseg, kseg, tiles.span, qpos, kpos)
     s = _scores(bias_fn(*ops, qpos, kpos, mask, h), q, k_r[0, 0, walk.at(j)], mask[0], scale)
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.exp(s - m_new[:, None]) * mask[0]
@@ -82,9 +82,9 @@ def _fwd_kernel(bias_fn, tiles, walk, scale, n_ops, *refs):
 
   init = lambda: (jnp.full((bq,), blocks.NEG, _f32), jnp.zeros((bq,), _f32),  # noqa: E731
                   jnp.zeros((bq, kv), _f32))
-  visible = lambda j: blocks.nonempty(qseg, key(kseg_r, j), key(kidx_r, j))  # noqa: E731
-  walk.run(tiles.nk, tiles.num_key_tiles(qidx), visible, step, init, finish,
-           refs[11 + n_ops:])
+  visible = lambda j: blocks.nonempty(qseg, key(kseg_r, j), qidx, key(kidx_r, j),  # noqa: E731
+                                     key(kpos_r, j), tiles.span)
+  walk.run(tiles.nk, tiles.key_tiles(qidx), visible, step, init, finish, refs[11 + n_ops:])
 
 
 def forward(module, variables, x: blocks.Inputs, scale: float, *, interpret: bool):
@@ -136,7 +136,7 @@ def _dq_kernel(bias_fn, n_consts, tiles, walk, scale, n_ops, *refs):
     dq, dvars = state
     kpos, kidx, kseg = key(kpos_r, j), key(kidx_r, j), key(kseg_r, j)
     k, v = k_r[0, 0, walk.at(j)], v_r[0, 0, walk.at(j)]
-    mask = blocks.allowed(qidx, kidx, qseg, kseg, tiles.causal)
+    mask = blocks.allowed(qidx, kidx, qseg, kseg, tiles.span, qpos, kpos)
     bias_of = lambda *vs: bias_fn(*consts, *vs, qpos, kpos, mask, h)  # noqa: E731
     bias, vjp = jax.vjp(bias_of, *leaves)
     p = _probs(bias, q, k, mask[0], lse, scale)
@@ -150,8 +150,9 @@ def _dq_kernel(bias_fn, n_consts, tiles, walk, scale, n_ops, *refs):
       r[...] = g[None, None, None]
 
   init = lambda: (jnp.zeros(q.shape, _f32), [jnp.zeros(a.shape, _f32) for a in leaves])  # noqa: E731
-  visible = lambda j: blocks.nonempty(qseg, key(kseg_r, j), key(kidx_r, j))  # noqa: E731
-  walk.run(tiles.nk, tiles.num_key_tiles(qidx), visible, step, init, finish,
+  visible = lambda j: blocks.nonempty(qseg, key(kseg_r, j), qidx, key(kidx_r, j),  # noqa: E731
+                                     key(kpos_r, j), tiles.span)
+  walk.run(tiles.nk, tiles.key_tiles(qidx), visible, step, init, finish,
            refs[13 + n_ops + n_leaves:])
 
 
@@ -162,23 +163,18 @@ def _dkv_kernel(bias_fn, tiles, walk, scale, n_ops, *refs):
   dk_r, dv_r = refs[12 + n_ops:14 + n_ops]
   h = pl.program_id(1)
   k, v, kpos, kidx, kseg = k_r[0, 0], v_r[0, 0], kpos_r[0], kidx_r[0], kseg_r[0]
-  first_key = jnp.min(jnp.where(kidx >= 0, kidx, jnp.iinfo(jnp.int32).max))
-  first_tile = pl.program_id(2) * tiles.bk // tiles.bq  # (Program ids at the top level.)
+  bounds = pt.query_tiles(tiles, pl.program_id(2))  # (Program ids at the top level.)
   query = lambda r, j: r[0, :, walk.at(j)]  # noqa: E731
 
   def visible(j):
-    out = blocks.nonempty(query(qseg_r, j), kseg, kidx)
-    if not tiles.causal:
-      return out
-    # (In grid mode tiles before the first one are the first one's block again.)
-    return out & (j >= first_tile) & (jnp.max(query(qidx_r, j)) >= first_key)
+    return blocks.nonempty(query(qseg_r, j), kseg, query(qidx_r, j), kidx, kpos, tiles.span)
 
   def step(j, state):
     dk, dv = state
     qs = walk.at(j)
     qpos, qidx, qseg = query(qpos_r, j), query(qidx_r, j), query(qseg_r, j)
     q, do, lse, D = q_r[0, 0, qs], do_r[0, 0, qs], lse_r[0, 0, 0, qs], d_r[0, 0, 0, qs]
-    mask = blocks.allowed(qidx, kidx, qseg, kseg, tiles.causal)
+    mask = blocks.allowed(qidx, kidx, qseg, kseg, tiles.span, qpos, kpos)
     p = _probs(bias_fn(*ops, qpos, kpos, mask, h), q, k, mask[0], lse, scale)
     ds = p * (dot(do, v, (1, 1)) - D[:, None])
     return dk + dot(ds, q, (0, 0)) * scale, dv + dot(p, do, (0, 0))
@@ -187,7 +183,7 @@ def _dkv_kernel(bias_fn, tiles, walk, scale, n_ops, *refs):
     dk_r[0, 0], dv_r[0, 0] = state
 
   init = lambda: (jnp.zeros(k.shape, _f32), jnp.zeros(v.shape, _f32))  # noqa: E731
-  walk.run(tiles.nq, tiles.nq, visible, step, init, finish, refs[14 + n_ops:])
+  walk.run(tiles.nq, bounds, visible, step, init, finish, refs[14 + n_ops:])
 
 
 def backward(module, variables, x: blocks.Inputs, out, lse, dout, scale: float, *,

@@ -132,13 +132,14 @@ class Walk:
     """The inner tile ``j`` of an inner-side block."""
     return slice(None) if self.grid else pl.ds(j * self.size, self.size)
 
-  def run(self, n: int, count, visible, step, init, finish, scratch):
+  def run(self, n: int, bounds, visible, step, init, finish, scratch):
     """``finish(state)`` after ``state = step(j, state)`` for the visible tiles
-    ``j < count`` of ``n``, from ``init()``."""
+    ``first <= j < end`` of ``n`` (``bounds``), from ``init()``."""
+    first, end = bounds
     if not self.grid:
       body = lambda j, s: jax.lax.cond(visible(j), functools.partial(step, j),  # noqa: E731
                                        lambda s: s, s)
-      return finish(jax.lax.fori_loop(0, count, body, init()))
+      return finish(jax.lax.fori_loop(first, end, body, init()))
     j = pl.program_id(3)
     like = jax.eval_shape(init)
     load = lambda: jax.tree.unflatten(jax.tree.structure(like), [  # noqa: E731
@@ -149,7 +150,7 @@ class Walk:
         r[...] = a[None] if a.ndim == 1 else a
 
     pl.when(j == 0)(lambda: store(init()))
-    pl.when((j < count) & visible(j))(lambda: store(step(j, load())))
+    pl.when((j >= first) & (j < end) & visible(j))(lambda: store(step(j, load())))
     pl.when(j == n - 1)(lambda: finish(load()))
 
   def scratch(self, state_shapes):
@@ -161,15 +162,30 @@ class Walk:
             for s in state_shapes]
 
 
+def query_tiles(t, i):
+  """Query tiles ``[first, end)`` that can see key tile ``i`` (all of them
+  unless the keys are aligned with the queries' slots)."""
+  if not t.span.aligned:
+    return jnp.asarray(0, jnp.int32), jnp.asarray(t.nq, jnp.int32)
+  return t.span.query_tile_range(i * t.bk, (i + 1) * t.bk - 1, t.bq, t.nq)
+
+
 def clamp_keys(t):
-  """Grid mode, causal: query tile i needs key tiles up to its last slot's; later
-  steps keep that block, so Mosaic fetches nothing for them."""
-  return (lambda i, j: jnp.minimum(j, ((i + 1) * t.bq - 1) // t.bk)) if t.causal else None
+  """Grid mode: query tile i needs the key tiles of its span (causal bound,
+  window, chunk); other steps keep the nearest such block, so Mosaic fetches
+  nothing for them."""
+  def index(i, j):
+    first, end = t.span.key_tile_range(i * t.bq, (i + 1) * t.bq - 1, t.bk, t.nk)
+    return jnp.clip(j, first, jnp.maximum(end - 1, first))
+  return index
 
 
 def clamp_queries(t):
-  """Grid mode, causal: key tile i is seen from the query tile of its first slot on."""
-  return (lambda i, j: jnp.maximum(j, (i * t.bk) // t.bq)) if t.causal else None
+  """Grid mode: key tile i is seen from the query tiles of ``query_tiles``."""
+  def index(i, j):
+    first, end = query_tiles(t, i)
+    return jnp.clip(j, first, end - 1)
+  return index
 
 
 def grid_mode() -> bool:

@@ -55,9 +55,14 @@ def _cudnn_head_dim_max() -> int:
 
 def why_not(kernel: str, mcfg, length: int | None = None) -> str | None:
   """Why ``kernel`` cannot serve this model config here (None: it can)."""
+  if mcfg.layer_pattern:
+    return next(filter(None, (why_not(kernel, layer, length)
+                              for layer in mcfg.layer_configs())), None)
   platform = jax.default_backend()
   if platform not in PLATFORMS[kernel] and not emulated():
     return f'{kernel} needs a {" or ".join(PLATFORMS[kernel])}; this platform is {platform}'
+  if kernel != 'pallas' and (mcfg.span.local or mcfg.sink_tokens or mcfg.sinks != 'none'):
+    return f'{kernel} is used here with a causal or full mask only (no window, chunk or sinks)'
   cls = mcfg.encoding_class
   hooks = set(cls.acts_at) & {BIAS, VALUES}
   if kernel == 'pallas' and (cls.bias_in_kernel or (emulated() and cls.bias_from_positions)):
