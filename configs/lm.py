@@ -18,6 +18,7 @@ Arguments (comma-separated, ``key=value`` or a bare flag):
                   a recent model's per-layer schedule (``posjax.config_lib.ARCHS``:
                   windows / chunks of a quarter of the training length, num_layers a
                   multiple of the pattern); posenc is then the pattern's base
+  window=<int>    the arch's window / chunk (default: a quarter of seq_len)
   runlocal        shrinks everything to train in about a minute on 2 CPU cores
 """
 import ml_collections
@@ -32,7 +33,8 @@ SIZES = {  # num_layers, num_heads, model_dim, mlp_dim
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, posenc='rope', size='small', arch='', runlocal=False)
+  arg = config_lib.parse_arg(arg, posenc='rope', size='small', arch='', window=0,
+                             runlocal=False)
   if arg.size not in SIZES:
     raise ValueError(f'size: got {arg.size!r}; allowed: {", ".join(SIZES)}')
   c = config_lib.base_config(arg.posenc)
@@ -67,7 +69,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.model.update(num_layers=2, num_heads=4, model_dim=128, mlp_dim=256,
                    max_len=128, dtype='float32')
   if arg.arch:
-    fields = config_lib.arch_fields(arg.arch, c.seq_len)
+    fields = config_lib.arch_fields(arg.arch, c.seq_len, window=arg.window)
     period = len(fields['layer_pattern'])
     c.model.update(fields, num_layers=-(-c.model.num_layers // period) * period)
   if arg.posenc == 'learned':  # The table must cover every evaluation length.

@@ -51,17 +51,34 @@ SCALES = {
 }
 
 
+# Beyond one run per encoding: recent models' per-layer schedules (configs/lm.py
+# arch presets: windows / chunks of L/4) and options: name -> (config argument,
+# overrides). p-RoPE keeps the highest 75 % of RoPE's frequencies (Barbero et al. 2025).
+EXTRA = {
+    'arch-irope': ('arch=irope', {}), 'arch-gemma3': ('arch=gemma3', {}),
+    'arch-command_a': ('arch=command_a', {}), 'arch-swan': ('arch=swan', {}),
+    'rope-p0.75': ('posenc=rope', {'model.posenc_args.scaling.type': 'proportional',
+                                   'model.posenc_args.scaling.fraction': 0.75}),
+    'rope-ssmax': ('posenc=rope', {'model.temperature': 'ssmax'}),
+}
+
+
 def runs(scale: str) -> list[runner.Run]:
   s = SCALES[scale]
   lengths = tuple(s['seq_len'] * f for f in s['factors'])
+  base = {**s['overrides'], 'seq_len': s['seq_len'], 'eval_lengths': lengths}
   out = []
   for name in encodings.names():
     bounded = encodings.get(name).bounded_by_max_len
-    overrides = {**s['overrides'], 'seq_len': s['seq_len'], 'eval_lengths': lengths,
-                 'model.max_len': max(lengths) if bounded else s['seq_len']}
+    overrides = {**base, 'model.max_len': max(lengths) if bounded else s['seq_len']}
     out.append(runner.Run(name=name, config='configs/lm.py',
                                arg=f'posenc={name},{s["arg"]}', overrides=overrides,
                                note=LEARNED_NOTE if bounded else ''))
+  for name, (arg, extra) in EXTRA.items():
+    if arg.startswith('arch='):
+      arg += f',window={s["seq_len"] // 4}'
+    out.append(runner.Run(name=name, config='configs/lm.py', arg=f'{arg},{s["arg"]}',
+                          overrides={**base, 'model.max_len': s['seq_len'], **extra}))
   return out
 
 

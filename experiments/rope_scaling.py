@@ -6,12 +6,16 @@
 One byte-level RoPE language model (``configs/lm.py``, run ``rope``) is trained at
 length L. For each scaling of ``posjax.encodings.rope_inv_freq`` (linear = position
 interpolation, Chen et al. 2023; ntk; dynamic; yarn, Peng et al. 2023; llama3;
-longrope) and factor 4 and 8 there are two runs:
+longrope; and YaRN as gpt-oss and DeepSeek-V3 ship it: ``yarn_fractional``, the
+correction range not rounded, ``yarn_mscale_all_dim``, mscale = mscale_all_dim) and
+factor 4 and 8 there are two runs:
   <type>-<f>x-zeroshot   the trained params evaluated with the scaling
                          (``posjax.evaluate``, no training);
   <type>-<f>x-finetune   a short fine-tune at length f*L from those params
                          (``config.init_from``), as in the PI and YaRN papers.
 Each is evaluated at L, 2L, 4L and 8L; the report gives perplexity by length.
+``rope-p0.75`` is a second base model trained with p-RoPE (Barbero et al. 2025: the
+lowest quarter of the frequencies set to zero), evaluated at the same lengths.
 ``longrope`` uses uniform factors (1 below the original length, f above): LongRoPE's
 per-frequency factors come from its search, which posjax does not run.
 
@@ -61,9 +65,20 @@ SCALES = {
 }
 
 
-def scaling(kind: str, factor: int, seq_len: int, head_dim: int) -> dict:
+# YaRN as shipped (Hugging Face's keys): gpt-oss keeps the correction range
+# fractional (truncate False); DeepSeek-V3 sets mscale = mscale_all_dim (attention
+# factor 1: its attention applies mscale^2 itself). variant -> (type, extra keys).
+VARIANTS = {'yarn_fractional': ('yarn', {'truncate': False}),
+            'yarn_mscale_all_dim': ('yarn', {'mscale': 1.0, 'mscale_all_dim': 1.0})}
+# p-RoPE (Barbero et al. 2025) is trained with it, not applied to a trained RoPE:
+# a base run of its own, evaluated at every length.
+P_ROPE = {'model.posenc_args.scaling.type': 'proportional',
+          'model.posenc_args.scaling.fraction': 0.75}
+
+
+def scaling(kind: str, factor: int, seq_len: int, head_dim: int, **extra) -> dict:
   """``model.posenc_args.scaling.*`` overrides of one scaling type."""
-  s = {'type': kind}
+  s = {'type': kind, **extra}
   if kind == 'longrope':
     half = head_dim // 2
     s.update(short_factor=(1.0,) * half, long_factor=(float(factor),) * half,
@@ -81,10 +96,13 @@ def runs(scale: str) -> list[runner.Run]:
   base = {**s['overrides'], 'seq_len': s['seq_len'], 'model.max_len': s['seq_len'],
           'eval_lengths': lengths,
           'passkey_lengths': tuple(n for n in lengths if n >= PASSKEY_MIN)}
-  out = [runner.Run('rope', 'configs/lm.py', s['arg'], base, note='no scaling')]
-  for kind in rotary.EXTENSION_TYPES:
+  out = [runner.Run('rope', 'configs/lm.py', s['arg'], base, note='no scaling'),
+         runner.Run('rope-p0.75', 'configs/lm.py', s['arg'], {**base, **P_ROPE},
+                    note='p-RoPE, trained so')]
+  kinds = {k: (k, {}) for k in rotary.EXTENSION_TYPES} | VARIANTS
+  for kind, (type_, extra) in kinds.items():
     for f in FACTORS:
-      sc = scaling(kind, f, s['seq_len'], s['head_dim'])
+      sc = scaling(type_, f, s['seq_len'], s['head_dim'], **extra)
       out.append(runner.Run(f'{kind}-{f}x-zeroshot', 'configs/lm.py', s['arg'],
                                  {**base, **sc}, base='rope', evaluate=True))
       long = {'seq_len': f * s['seq_len'], 'model.max_len': f * s['seq_len']}
@@ -134,7 +152,7 @@ def report(suite_dir: str, records) -> str:
                        {'perplexity': table, 'passkey_mean_over_depths': keys})
   _passkey_maps(suite_dir, records)
   for mode in ('zeroshot', 'finetune'):
-    chosen = [r for r in records if r.name == 'rope' or r.name.endswith(mode)]
+    chosen = [r for r in records if r.name in ('rope', 'rope-p0.75') or r.name.endswith(mode)]
     series = report_lib.series(chosen, _perplexity)
     charts.plot_lines(series, xlabel='evaluation length (bytes)', ylabel='perplexity',
                           title=f'RoPE scaling, {mode}', logx=True,

@@ -303,15 +303,15 @@ def _swan(w):
   return 3 * ({'posenc': 'rope', 'window': w},) + ({'posenc': 'none', 'temperature': 'logn'},)
 
 
-# arch -> (pattern of a window / chunk w, other model fields, w as a fraction of the training length).
+# arch -> (pattern of a window / chunk w, other model fields, w over the training length).
 ARCHS = {'irope': (_irope, {}, 1 / 4), 'gemma3': (_gemma3, {'qk_norm': 'rms'}, 1 / 4),
          'command_a': (_command_a, {}, 1 / 4), 'swan': (_swan, {}, 1 / 4)}
 
 
-def arch_fields(arch: str, train_len: int) -> dict:
-  """The model fields of preset ``arch`` for this training length."""
+def arch_fields(arch: str, train_len: int, window: int = 0) -> dict:
+  """The model fields of preset ``arch``: windows / chunks of ``window`` tokens
+  (0: its fraction of ``train_len``)."""
   if arch not in ARCHS:
     raise ValueError(f'arch: got {arch!r}; allowed: {", ".join(ARCHS)}')
   pattern, fields, fraction = ARCHS[arch]
-  w = max(1, int(train_len * fraction))
-  return dict(fields, layer_pattern=pattern(w))
+  return dict(fields, layer_pattern=pattern(window or max(1, int(train_len * fraction))))

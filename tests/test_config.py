@@ -63,7 +63,7 @@ def test_bad_config_argument_is_one_line(arg, message):
 
 def test_config_file_refuses_a_typo_naming_the_allowed_keys():
   with pytest.raises(ValueError, match='^sizee: unknown config argument; allowed: posenc, '
-                                       'size, arch, runlocal$'):
+                                       'size, arch, window, runlocal$'):
     _module('lm.py').get_config('sizee=small')
   assert _module('lra_pathfinder.py').get_config('res=128').seq_len == 128 * 128
 
@@ -185,7 +185,8 @@ def test_unknown_posenc_arg_is_one_line_exit_2_writing_nothing(parse, capsys, tm
 
 @pytest.mark.parametrize('argv,message', [
     (['--config=configs/lm.py:sizee=small'],
-     'error: --config: sizee: unknown config argument; allowed: posenc, size, arch, runlocal\n'),
+     'error: --config: sizee: unknown config argument; allowed: posenc, size, arch, window, '
+     'runlocal\n'),
     (['--config=configs/lm.py:runlocal', '--config.model.posenc_args.base=-1'],
      'error: model.posenc_args.base: got -1.0; allowed: ')])
 def test_cli_config_mistake_is_one_line_exit_2(argv, message, tmp_path):

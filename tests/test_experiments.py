@@ -175,6 +175,12 @@ def test_every_suite_plans_at_both_scales(tmp_path):
       assert not [j.error for j in jobs if j.error], (name, scale)
       assert len({r.name for r in runs}) == len(runs)
   assert len(suite('extrapolation').runs('local')) >= 15
+  ext = {r.name: r for r in suite('extrapolation').runs('local')}
+  assert {'arch-irope', 'arch-gemma3', 'arch-command_a', 'arch-swan', 'rope-p0.75',
+          'rope-ssmax'} <= set(ext)
+  assert ext['arch-gemma3'].arg == 'arch=gemma3,window=16,runlocal'
+  rs = {r.name for r in suite('rope_scaling').runs('local')}
+  assert {'rope-p0.75', 'yarn_fractional-8x-finetune', 'yarn_mscale_all_dim-4x-zeroshot'} <= rs
 
 
 def test_submitit_local_executor(tmp_path):

@@ -98,6 +98,7 @@ def test_flash_and_cached_decoding_equal_dense(kw):
   model = models.build(cfg)
   params = nn.unbox(model.init(jax.random.key(0), tokens, pos, seg)['params'])
 
+  @functools.partial(jax.jit, static_argnums=1)
   def loss(p, c):
     return (models.build(c).apply({'params': p}, tokens, pos, seg) ** 2).mean()
   want = jax.value_and_grad(loss)(params, cfg)

@@ -123,7 +123,7 @@ class Attention(nn.Module):
       span = dataclasses.replace(span, aligned=False)
     elif decode:
       k, v, kpos, kseg, kidx, idx = cache.full(self, k, v, pos_BxL, seg_BxL)
-    t = temperature.query_temperature(self, cfg, pos_BxL, lambda: blocks.allowed(
+    t = temperature.query_temperature(self, cfg, pos_BxL, lambda: blocks.count_allowed(
         idx, kidx, seg_BxL, kseg, span, pos_BxL, kpos))
     if t is not None:
       q = (q.astype(jnp.float32) * t).astype(q.dtype)

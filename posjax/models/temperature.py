@@ -62,9 +62,9 @@ def qk_norm(module: nn.Module, cfg, q, k, *, stage: str):
           _normalise(module, cfg, k, 'k_norm', cfg.qk_norm))
 
 
-def query_temperature(module: nn.Module, cfg, qpos_BxL, allowed):
-  """``t`` ``[B, L, H, 1]`` float32 for ``cfg.temperature``, or None; ``allowed()``
-  gives the mask ``[B, L, S]`` (ssmax counts its rows)."""
+def query_temperature(module: nn.Module, cfg, qpos_BxL, count):
+  """``t`` ``[B, L, H, 1]`` float32 for ``cfg.temperature``, or None; ``count()``
+  gives the number of keys each query may attend ``[B, L]`` (ssmax's n)."""
   args = cfg.temperature_kwargs()
   if cfg.temperature == 'none':
     return None
@@ -76,6 +76,6 @@ def query_temperature(module: nn.Module, cfg, qpos_BxL, allowed):
     s_H = module.param('ssmax', nn.with_logical_partitioning(
         nn.initializers.constant(1 / math.log(max(cfg.max_len, 2))), ('heads',)),
         (cfg.num_heads,), jnp.float32)
-    n_BxL = jnp.maximum(allowed().sum(-1), 1).astype(jnp.float32)
+    n_BxL = jnp.maximum(count(), 1).astype(jnp.float32)
     return (jnp.log(n_BxL)[..., None] * s_H)[..., None]
   return jnp.asarray(t, jnp.float32)[..., None, None]

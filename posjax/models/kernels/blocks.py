@@ -29,6 +29,22 @@ def allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, span: Span, qpos_BxL, kpos_B
           & span.pairs(qidx_BxL, kidx_BxS, qpos_BxL, kpos_BxS))
 
 
+def count_allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, span: Span, qpos_BxL, kpos_BxS,
+                  block_size: int = 512):
+  """``[B, L]`` int32: how many keys each query may attend (``allowed``'s row sums),
+  over key blocks: memory O(L * block_size), not O(L * S)."""
+  S = kidx_BxS.shape[1]
+  n = -(-S // block_size)
+  keys = [pad(a, n * block_size, f) for a, f in ((kidx_BxS, -1), (kseg_BxS, -2), (kpos_BxS, 0))]
+  keys = [jnp.moveaxis(a.reshape(a.shape[0], n, block_size), 1, 0) for a in keys]
+
+  def add(total, blk):
+    kidx, kseg, kpos = blk
+    ok = allowed(qidx_BxL, kidx, qseg_BxL, kseg, span, qpos_BxL, kpos)
+    return total + ok.sum(-1, dtype=jnp.int32), None
+  return jax.lax.scan(add, jnp.zeros(qidx_BxL.shape, jnp.int32), keys)[0]
+
+
 def block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
   """Logits, bias, probabilities and value sums for one key block."""
   m, l, acc, enc_carry = carry
