@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from posjax import encodings
+from posjax import encodings, models
 from posjax.encodings.mrope import mrope_rows
 
 
@@ -123,16 +123,59 @@ def test_proportional_keeps_the_highest_frequencies():
     encodings.rope_inv_freq(64, scaling={'type': 'proportional', 'fraction': 1.5})
 
 
+# Gemma 3 4B's text config as transformers >= 4.57 writes it (rope_parameters per
+# layer type), Llama 4 Scout's (NoPE every fourth layer) and gpt-oss-20b's layer types.
+GEMMA3_4B = {'num_hidden_layers': 34, 'head_dim': 256, 'sliding_window': 1024,
+             'layer_types': (['sliding_attention'] * 5 + ['full_attention']) * 5
+             + ['sliding_attention'] * 4,
+             'rope_parameters': {
+                 'sliding_attention': {'rope_type': 'default', 'rope_theta': 10_000.0},
+                 'full_attention': {'rope_type': 'linear', 'factor': 8.0,
+                                    'rope_theta': 1_000_000.0}}}
+LLAMA4_SCOUT = {'num_hidden_layers': 48, 'head_dim': 128, 'rope_theta': 500_000.0,
+                'rope_scaling': {'rope_type': 'llama3', 'factor': 16.0, 'low_freq_factor': 1.0,
+                                 'high_freq_factor': 1.0,
+                                 'original_max_position_embeddings': 8192},
+                'no_rope_layers': [1, 1, 1, 0] * 12, 'attention_chunk_size': 8192,
+                'attn_temperature_tuning': True, 'floor_scale': 8192, 'attn_scale': 0.1}
+GPT_OSS_LAYERS = {'num_hidden_layers': 24, 'sliding_window': 128,
+                  'layer_types': ['sliding_attention', 'full_attention'] * 12}
+
+
+def test_per_layer_configs_map_to_a_layer_pattern():
+  gemma = encodings.layer_pattern_from_hf(GEMMA3_4B)
+  pattern = gemma['layer_pattern']
+  assert gemma['head_dim'] == 256 and len(pattern) == 34  # (34 layers: no shorter period.)
+  for entry, kind in zip(pattern, GEMMA3_4B['layer_types']):
+    inv, _ = encodings.rope_inv_freq(256, **entry['posenc_args'])
+    if kind == 'full_attention':
+      np.testing.assert_allclose(inv, _hf_default(256, 1e6) / 8.0, rtol=1e-6)
+      assert 'window' not in entry
+    else:
+      np.testing.assert_allclose(inv, _hf_default(256, 1e4), rtol=1e-6)
+      assert entry['window'] == 1024
+  cfg = models.ModelConfig(num_layers=34, num_heads=2, model_dim=512, posenc='rope',
+                           layer_pattern=pattern)
+  assert [c.window for c in cfg.layer_configs()][:6] == [1024] * 5 + [0]
+  llama4 = encodings.layer_pattern_from_hf(LLAMA4_SCOUT)['layer_pattern']
+  assert len(llama4) == 4 and [e['posenc'] for e in llama4] == ['rope'] * 3 + ['none']
+  assert llama4[0]['chunk'] == 8192 and llama4[0]['posenc_args']['scaling']['type'] == 'llama3'
+  assert llama4[3] == {'posenc': 'none', 'temperature': 'llama4',
+                       'temperature_args': {'floor_scale': 8192.0, 'attn_scale': 0.1}}
+  oss = encodings.layer_pattern_from_hf({**GPT_OSS_20B, **GPT_OSS_LAYERS})['layer_pattern']
+  assert [e.get('window') for e in oss] == [128, None]
+  assert oss[0]['posenc_args'] == oss[1]['posenc_args'] == {
+      k: v for k, v in encodings.rope_args_from_hf(GPT_OSS_20B).items() if k != 'head_dim'}
+
+
 def test_unknown_and_per_layer_configs_are_one_line_errors():
   with pytest.raises(ValueError, match="rope_type: got 'xpos'; allowed: default, linear"):
     encodings.rope_args_from_hf({**LLAMA31_8B, 'rope_scaling': {'rope_type': 'xpos'}})
-  gemma3 = {'head_dim': 256, 'layer_types': ['sliding_attention'] * 5 + ['full_attention'],
-            'rope_parameters': {'sliding_attention': {'rope_type': 'default', 'rope_theta': 1e4},
-                                'full_attention': {'rope_type': 'linear', 'factor': 8.0,
-                                                   'rope_theta': 1e6}}}
-  with pytest.raises(ValueError, match='one entry per layer type'):
-    encodings.rope_args_from_hf(gemma3)
-  full = {'head_dim': 256, 'rope_parameters': gemma3['rope_parameters']['full_attention']}
+  with pytest.raises(ValueError, match='one entry per layer type.*layer_pattern_from_hf'):
+    encodings.rope_args_from_hf(GEMMA3_4B)
+  with pytest.raises(ValueError, match="layer_types: got 'linear_attention'; allowed"):
+    encodings.layer_pattern_from_hf({**GPT_OSS_LAYERS, 'layer_types': ['linear_attention'] * 24})
+  full = {'head_dim': 256, 'rope_parameters': GEMMA3_4B['rope_parameters']['full_attention']}
   assert encodings.rope_args_from_hf(full) == {
       'base': 1e6, 'head_dim': 256, 'scaling': {'type': 'linear', 'factor': 8.0}}
 

@@ -9,7 +9,7 @@ from posjax.encodings.registry import get, make, names, register
 from posjax.encodings.absolute import sinusoidal_embedding
 from posjax.encodings.rotary import apply_rope, rope_inv_freq
 from posjax.encodings.mrope import apply_mrope
-from posjax.encodings.hf_rope import rope_args_from_hf
+from posjax.encodings.hf_rope import layer_pattern_from_hf, rope_args_from_hf
 from posjax.encodings.length_scaling import llama4_attention_scale, logn_attention_scale
 from posjax.encodings.relative_bias import alibi_slopes, t5_relative_position_bucket
 from posjax.encodings import relative_vectors, cope  # noqa: F401  (registration)

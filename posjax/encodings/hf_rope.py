@@ -27,13 +27,17 @@ def _head_dim(config: Mapping[str, Any]) -> int:
   return int(config['hidden_size']) // int(config['num_attention_heads'])
 
 
+def _per_layer_type(config: Mapping[str, Any]) -> bool:
+  params = config.get('rope_parameters') or {}
+  return bool(params) and all(isinstance(v, Mapping) for v in params.values())
+
+
 def _parameters(config: Mapping[str, Any]) -> dict:
-  params = dict(config.get('rope_parameters') or config.get('rope_scaling') or {})
-  if params and all(isinstance(v, Mapping) for v in params.values()):
+  if _per_layer_type(config):
     raise ValueError('rope_parameters: got one entry per layer type '
-                     f'({", ".join(params)}); allowed: one set for every layer '
-                     '(per-layer RoPE needs model.layer_pattern, which posjax does not have yet)')
-  return params
+                     f'({", ".join(config["rope_parameters"])}); allowed: one set for every '
+                     'layer (per-layer configs: layer_pattern_from_hf)')
+  return dict(config.get('rope_parameters') or config.get('rope_scaling') or {})
 
 
 def _scaling(kind: str, p: Mapping[str, Any], config: Mapping[str, Any]) -> dict | None:
@@ -80,3 +84,51 @@ def rope_args_from_hf(config: Mapping[str, Any]) -> dict:
   if scaling is not None:
     args['scaling'] = scaling
   return args
+
+
+# HF layer type -> the posjax field its window size goes to, and the HF key of the size.
+_LOCAL = {'sliding_attention': ('window', 'sliding_window'),
+          'chunked_attention': ('chunk', 'attention_chunk_size')}
+
+
+def _layer(config: Mapping[str, Any], kind: str, rope: bool) -> dict:
+  """One layer's overrides: RoPE (or NoPE) and its window or chunk."""
+  if kind not in _LOCAL and kind != 'full_attention':
+    raise ValueError(f'layer_types: got {kind!r}; allowed: full_attention, '
+                     + ', '.join(_LOCAL))
+  out: dict[str, Any] = {'posenc': 'none'}
+  if rope:
+    params = config.get('rope_parameters') or {}
+    one = dict(config, rope_parameters=params[kind]) if _per_layer_type(config) else config
+    args = rope_args_from_hf(one)
+    args.pop('head_dim')
+    out = {'posenc': 'rope', 'posenc_args': args}
+  elif config.get('attn_temperature_tuning'):  # Llama 4's NoPE layers.
+    out.update(temperature='llama4', temperature_args={
+        'floor_scale': float(config.get('floor_scale', 8192)),
+        'attn_scale': float(config.get('attn_scale', 0.1))})
+  if kind in _LOCAL and rope:  # (Llama 4: its NoPE layers attend globally.)
+    field, key = _LOCAL[kind]
+    out[field] = int(config[key])
+  return out
+
+
+def layer_pattern_from_hf(config: Mapping[str, Any]) -> dict:
+  """``model`` fields reproducing a Hugging Face config's per-layer position
+  machinery: ``layer_pattern`` (the shortest period of ``layer_types`` and of
+  Llama 4's ``no_rope_layers`` that divides the layer count: each entry RoPE with
+  that layer type's ``rope_parameters`` or NoPE, its ``sliding_window`` or
+  ``attention_chunk_size``), ``posenc`` 'rope', and ``head_dim`` (the head dim the
+  model must have; pop it). Gemma 3, gpt-oss, Llama 4, Qwen 3 style configs."""
+  n = int(config['num_hidden_layers'])
+  kinds = list(config.get('layer_types') or (
+      ['chunked_attention'] * n if config.get('attention_chunk_size') else ['full_attention'] * n))
+  ropes = [bool(r) for r in config.get('no_rope_layers') or [1] * n]  # (1: RoPE, HF's way.)
+  if len(kinds) != n or len(ropes) != n:
+    raise ValueError(f'layer_types: got {len(kinds)} entries and no_rope_layers '
+                     f'{len(ropes)}; allowed: num_hidden_layers={n} each')
+  layers = list(zip(kinds, ropes))
+  period = next(p for p in range(1, n + 1)
+                if n % p == 0 and all(layers[i] == layers[i % p] for i in range(n)))
+  pattern = tuple(_layer(config, k, r) for k, r in layers[:period])
+  return {'posenc': 'rope', 'head_dim': _head_dim(config), 'layer_pattern': pattern}
