@@ -189,3 +189,21 @@ def test_arch_presets_and_bad_patterns():
       _cfg('rope', **kw)
   with pytest.raises(ValueError, match="arch: got 'llama'; allowed: irope, gemma3"):
     config_lib.arch_fields('llama', 128)
+
+
+def test_packed_documents_stay_separate():
+  """Chunks and sinks count each document's own positions: a packed row gives
+  each document the logits it has alone."""
+  pattern = ({'window': 5}, {'posenc': 'none', 'chunk': 6})
+  cfg = _cfg('rope', layer_pattern=pattern, sink_tokens=2, sinks='learned', max_len=L)
+  tokens = jax.random.randint(jax.random.key(4), (1, L), 4, 40)
+  model = models.build(cfg)
+  params = nn.unbox(model.init(jax.random.key(0), tokens)['params'])
+  params = jax.tree.map(lambda a: a + 0.1, params)
+  apply = jax.jit(lambda t, p, s: model.apply({'params': params}, t, p, s))
+  pos = jnp.asarray([list(range(9)) + list(range(L - 9))], jnp.int32)
+  seg = jnp.asarray([[1] * 9 + [2] * (L - 9)], jnp.int32)
+  packed = apply(tokens, pos, seg)
+  for a, b in ((0, 9), (9, L)):
+    alone = model.apply({'params': params}, tokens[:, a:b])
+    np.testing.assert_allclose(packed[:, a:b], alone, rtol=1e-5, atol=1e-5)
