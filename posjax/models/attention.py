@@ -98,7 +98,8 @@ IMPLEMENTATIONS = {'dense': _dense, 'blockwise': _blockwise, 'flash': _flash,
 
 
 class Attention(nn.Module):
-  """Self-attention with an optional KV cache for autoregressive decoding."""
+  """Self-attention with an optional KV cache for autoregressive decoding
+  (``models.cache``), over the keys ``cfg.span`` allows (``kernels.span``)."""
   cfg: ModelConfig
   encoding: Encoding
 
@@ -115,14 +116,7 @@ class Attention(nn.Module):
     q, k = temperature.qk_norm(self, cfg, q, k, stage='before')
     q, k = self.encoding.qk(q, k, pos_BxL, pos_BxL)
     q, k = temperature.qk_norm(self, cfg, q, k, stage='after')
-    B, L = pos_BxL.shape
-    idx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-    kidx, kpos, kseg, span = idx, pos_BxL, seg_BxL, cfg.span
-    if decode and cfg.cache_window:
-      k, v, kpos, kseg, kidx, idx = cache.rolling(self, cfg, k, v, pos_BxL, seg_BxL)
-      span = dataclasses.replace(span, aligned=False)
-    elif decode:
-      k, v, kpos, kseg, kidx, idx = cache.full(self, k, v, pos_BxL, seg_BxL)
+    k, v, kpos, kseg, kidx, idx, span = self._keys(k, v, pos_BxL, seg_BxL, decode)
     t = temperature.query_temperature(self, cfg, pos_BxL, lambda: blocks.count_allowed(
         idx, kidx, seg_BxL, kseg, span, pos_BxL, kpos))
     if t is not None:
@@ -143,3 +137,15 @@ class Attention(nn.Module):
         nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), ('heads', 'kv', 'embed')),
         (H, K, D), jnp.float32)
     return jnp.einsum('blhk,hkd->bld', out, w_out.astype(cfg.activation_dtype))
+
+  def _keys(self, k, v, pos_BxL, seg_BxL, decode: bool):
+    """``(k, v, kpos, kseg, kidx, qidx, span)``: this call's keys (the cache's, when
+    decoding: rolling where the layer has a window or chunk) and query slots."""
+    B, L = pos_BxL.shape
+    idx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    if not decode:
+      return k, v, pos_BxL, seg_BxL, idx, idx, self.cfg.span
+    if self.cfg.cache_window:
+      return cache.rolling(self, self.cfg, k, v, pos_BxL, seg_BxL) + (
+          dataclasses.replace(self.cfg.span, aligned=False),)
+    return cache.full(self, k, v, pos_BxL, seg_BxL) + (self.cfg.span,)
