@@ -67,12 +67,37 @@ GPT_OSS_20B = {'hidden_size': 2880, 'num_attention_heads': 64, 'head_dim': 64,
                'rope_scaling': {'rope_type': 'yarn', 'factor': 32.0, 'beta_fast': 32.0,
                                 'beta_slow': 1.0, 'truncate': False,
                                 'original_max_position_embeddings': 4096}}
-# Phi-3-mini-128k's structure (head dim 96, 4096 -> 131072); its 48 + 48 factors
-# are not copied here: synthetic ones of the same shape.
-PHI3_LIKE = {'hidden_size': 3072, 'num_attention_heads': 32, 'rope_theta': 10000.0,
-             'max_position_embeddings': 131072, 'original_max_position_embeddings': 4096,
-             'rope_scaling': {'type': 'longrope', 'short_factor': list(np.linspace(1, 1.2, 48)),
-                              'long_factor': list(np.linspace(1, 40, 48))}}
+# Phi-3-vision-128k-instruct's published config.json (LongRoPE under its legacy name
+# "su"; head dim 96, 4096 -> 131072).
+PHI3_LONG = [
+    1.0299999713897705, 1.0499999523162842, 1.0499999523162842, 1.0799999237060547,
+    1.2299998998641968, 1.2299998998641968, 1.2999999523162842, 1.4499999284744263,
+    1.5999999046325684, 1.6499998569488525, 1.8999998569488525, 2.859999895095825,
+    3.68999981880188, 5.419999599456787, 5.489999771118164, 5.489999771118164, 9.09000015258789,
+    11.579999923706055, 15.65999984741211, 15.769999504089355, 15.789999961853027,
+    18.360000610351562, 21.989999771118164, 23.079999923706055, 30.009998321533203,
+    32.35000228881836, 32.590003967285156, 35.56000518798828, 39.95000457763672,
+    53.840003967285156, 56.20000457763672, 57.95000457763672, 59.29000473022461,
+    59.77000427246094, 59.920005798339844, 61.190006256103516, 61.96000671386719,
+    62.50000762939453, 63.3700065612793, 63.48000717163086, 63.48000717163086, 63.66000747680664,
+    63.850006103515625, 64.08000946044922, 64.760009765625, 64.80001068115234, 64.81001281738281,
+    64.81001281738281]
+PHI3_SHORT = [
+    1.05, 1.05, 1.05, 1.1, 1.1, 1.1, 1.2500000000000002, 1.2500000000000002, 1.4000000000000004,
+    1.4500000000000004, 1.5500000000000005, 1.8500000000000008, 1.9000000000000008,
+    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
+    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
+    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
+    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
+    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.1000000000000005,
+    2.1000000000000005, 2.2, 2.3499999999999996, 2.3499999999999996, 2.3499999999999996,
+    2.3499999999999996, 2.3999999999999995, 2.3999999999999995, 2.6499999999999986,
+    2.6999999999999984, 2.8999999999999977, 2.9499999999999975, 3.049999999999997,
+    3.049999999999997, 3.049999999999997]
+PHI3_VISION_128K = {'hidden_size': 3072, 'num_attention_heads': 32, 'rope_theta': 10000.0,
+                    'max_position_embeddings': 131072, 'original_max_position_embeddings': 4096,
+                    'rope_scaling': {'type': 'su', 'long_factor': PHI3_LONG,
+                                     'short_factor': PHI3_SHORT}}
 
 
 def _ours(config, **extra):
@@ -98,10 +123,10 @@ def test_published_configs_reproduce_their_frequencies_and_attention_factor():
     assert factor == pytest.approx(want[1], rel=1e-12)
   assert _ours(DEEPSEEK_V3)[1] == 1.0  # mscale / mscale_all_dim = 1: DeepSeek's ratio.
   assert _ours(QWEN25_7B_YARN)[1] == pytest.approx(0.1 * math.log(4) + 1)
-  inv, factor = _ours(PHI3_LIKE, seq_len=131072)
-  long = np.asarray(PHI3_LIKE['rope_scaling']['long_factor'])
-  np.testing.assert_allclose(inv, _hf_default(96, 10000.0) / long, rtol=1e-6)
-  assert factor == pytest.approx(math.sqrt(1 + math.log(32) / math.log(4096)))
+  for seq_len, factors in ((131072, PHI3_LONG), (4096, PHI3_SHORT)):  # HF: by seq_len.
+    inv, factor = _ours(PHI3_VISION_128K, seq_len=seq_len)
+    np.testing.assert_allclose(inv, _hf_default(96, 10000.0) / np.asarray(factors), rtol=1e-6)
+    assert factor == pytest.approx(math.sqrt(1 + math.log(32) / math.log(4096)))
 
 
 def test_yarn_truncate_and_mscale():

@@ -73,6 +73,7 @@ def rope_args_from_hf(config: Mapping[str, Any]) -> dict:
   use: ``args = rope_args_from_hf(hf); head_dim = args.pop('head_dim')``."""
   params = _parameters(config)
   kind = params.get('rope_type', params.get('type', 'default'))
+  kind = {'su': 'longrope'}.get(kind, kind)  # (Phi-3's first configs, as HF reads them.)
   if kind not in HF_ROPE_TYPES:
     raise ValueError(f'rope_type: got {kind!r}; allowed: {", ".join(HF_ROPE_TYPES)}')
   args = {'base': float(params.get('rope_theta', config.get('rope_theta', 10000.0))),
