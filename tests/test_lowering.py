@@ -20,12 +20,13 @@ def tpu_facts(monkeypatch):
                       lambda: tpu_info.get_tpu_info_for_chip(tpu_info.ChipVersion.TPU_V5P, 1))
 
 
-def _lowered(posenc: str, attention: str, platform: str, **posenc_args) -> str:
-  """StableHLO of a bf16 one-layer decoder's gradient, lowered for ``platform``."""
+def _lowered(posenc: str, attention: str, platform: str, model=None, **posenc_args) -> str:
+  """StableHLO of a bf16 one-layer decoder's gradient, lowered for ``platform``
+  (``model``: other model fields)."""
   cfg = models.ModelConfig.from_config(dict(
       kind='decoder', vocab_size=64, num_layers=1, num_heads=4, model_dim=256, mlp_dim=256,
       max_len=256, posenc=posenc, posenc_args=posenc_args, attention=attention,
-      block_size=128, dtype='bfloat16'))
+      block_size=128, dtype='bfloat16', **(model or {})))
   tokens = jax.ShapeDtypeStruct((2, 256), jnp.int32)
   params = jax.eval_shape(lambda: models.build(cfg.replace(attention='blockwise')).init(
       jax.random.key(0), jnp.zeros(tokens.shape, jnp.int32)))['params']
@@ -42,6 +43,16 @@ def test_pallas_kernels_lower_to_triton(posenc, monkeypatch):
   lowered = _lowered(posenc, 'pallas', 'cuda')
   assert lowered.count(TRITON) >= 3  # Forward, dq, dk/dv.
   assert lowered.count('num_warps = 8 : i32') == lowered.count(TRITON)  # 128 x 128 tiles.
+
+
+@pytest.mark.parametrize('platform', ['gpu', 'tpu'])
+def test_windowed_kernels_with_sinks_lower(platform, monkeypatch, tpu_facts):
+  """Windows, chunks and sink tokens move the tile range and the grid's index
+  maps; learned sinks act outside the kernels."""
+  monkeypatch.setattr(pallas_tiles, 'PLATFORM', platform)
+  model = dict(window=96, chunk=192, sink_tokens=4, sinks='learned')
+  lowered = _lowered('alibi', 'pallas', {'gpu': 'cuda', 'tpu': 'tpu'}[platform], model)
+  assert lowered.count({'gpu': TRITON, 'tpu': 'tpu_custom_call'}[platform]) >= 3
 
 
 @pytest.mark.parametrize('posenc', IN_KERNEL)
