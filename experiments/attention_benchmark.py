@@ -63,13 +63,18 @@ def _time(fn, *args) -> tuple[float | None, float]:
           if mem is not None else float('nan'))
   if peak > FLAGS.max_gb * 2 ** 30:
     return None, peak
+  return median_time(compiled, *args), peak
+
+
+def median_time(compiled, *args) -> float:
+  """Median seconds of ``--repeats`` runs of ``compiled(*args)`` after a warm-up."""
   jax.block_until_ready(compiled(*args))
   times = []
   for _ in range(FLAGS.repeats):
     t = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - t)
-  return statistics.median(times), peak
+  return statistics.median(times)
 
 
 def layer_step(posenc: str, attention: str, length: int, block_size=None):

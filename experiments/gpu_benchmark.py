@@ -40,7 +40,6 @@ from __future__ import annotations
 import csv
 import datetime
 import os
-import statistics
 import sys
 import time
 
@@ -196,13 +195,7 @@ def _compile_and_time(fn, *args):
   t = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(FLAGS.repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t)
-  return compile_s, statistics.median(times)
+  return compile_s, ab.median_time(compiled, *args)
 
 
 def kernels(budget: Budget):

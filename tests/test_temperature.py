@@ -98,25 +98,36 @@ def test_flash_and_cached_decoding_equal_dense(kw):
   model = models.build(cfg)
   params = nn.unbox(model.init(jax.random.key(0), tokens, pos, seg)['params'])
 
+  grads = flash_grads_equal_dense(cfg, params, tokens, pos, seg)
+  grads = grads['decoder']['layers']['attention']  # (Scanned: stacked on the layers.)
+  added = [n for n in ('q_norm', 'k_norm', 'ssmax') if n in grads]
+  assert added and all(np.abs(grads[n]).min(-1).max() > 0 for n in added)
+  full = model.apply({'params': params}, tokens[:1])
+  np.testing.assert_allclose(decoded(model, params, tokens[:1], pos[:1], prefill=4)[0], full,
+                             rtol=1e-4, atol=1e-4)
+
+
+def flash_grads_equal_dense(cfg, params, tokens, pos, seg):
+  """Asserts flash = dense in the loss and every gradient; returns the gradients."""
   @functools.partial(jax.jit, static_argnums=1)
   def loss(p, c):
     return (models.build(c).apply({'params': p}, tokens, pos, seg) ** 2).mean()
   want = jax.value_and_grad(loss)(params, cfg)
   got = jax.value_and_grad(loss)(params, cfg.replace(attention='flash'))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), want, got)
-  grads = want[1]['decoder']['layers']['attention']  # (Scanned: stacked on the layers.)
-  added = [n for n in ('q_norm', 'k_norm', 'ssmax') if n in grads]
-  assert added and all(np.abs(grads[n]).min(-1).max() > 0 for n in added)
-  # Decoding: a prefill of 4, then one token at a time, equals the full pass.
-  full = model.apply({'params': params}, tokens[:1])
-  cache = models.init_cache(model, params, 1, L)
+  return want[1]
+
+
+def decoded(model, params, tokens, pos, prefill):
+  """``(logits, cache)`` of decoding ``tokens``: a prefill, then one token at a time."""
+  cache = models.init_cache(model, params, tokens.shape[0], tokens.shape[1])
   step = jax.jit(functools.partial(models.decode_step, model))
-  logits, cache = step(params, cache, tokens[:1, :4], pos[:1, :4])
+  logits, cache = step(params, cache, tokens[:, :prefill], pos[:, :prefill])
   steps = [logits]
-  for i in range(4, L):
-    logits, cache = step(params, cache, tokens[:1, i:i + 1], pos[:1, i:i + 1])
+  for i in range(prefill, tokens.shape[1]):
+    logits, cache = step(params, cache, tokens[:, i:i + 1], pos[:, i:i + 1])
     steps.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
+  return jnp.concatenate(steps, 1), cache
 
 
 def test_bad_options_are_one_line_errors():

@@ -17,6 +17,7 @@ from posjax.models.kernels import blockwise, flash, pallas
 from posjax.models.kernels.span import Span
 
 from test_models import _cfg
+from test_temperature import decoded, flash_grads_equal_dense
 
 B, L, H, K = 2, 24, 2, 8
 
@@ -108,17 +109,6 @@ def test_every_implementation_equals_dense_with_window_chunk_and_sinks(impl):
                              rtol=1e-5, atol=1e-5)
 
 
-def _decode(model, params, tokens, pos, prefill):
-  cache = models.init_cache(model, params, tokens.shape[0], tokens.shape[1])
-  step = jax.jit(functools.partial(models.decode_step, model))
-  logits, cache = step(params, cache, tokens[:, :prefill], pos[:, :prefill])
-  steps = [logits]
-  for i in range(prefill, tokens.shape[1]):
-    logits, cache = step(params, cache, tokens[:, i:i + 1], pos[:, i:i + 1])
-    steps.append(logits)
-  return jnp.concatenate(steps, 1), cache
-
-
 def test_schedule_with_windows_chunks_and_sinks_flash_decoding_and_gradients():
   """Two layers (RoPE with a window of 5; NoPE with chunks of 6 and Llama 4's
   temperature), StreamingLLM sink tokens and learned sink logits, scanned:
@@ -136,19 +126,14 @@ def test_schedule_with_windows_chunks_and_sinks_flash_decoding_and_gradients():
   params = nn.unbox(model.init(jax.random.key(0), tokens, pos, seg)['params'])
   params = jax.tree.map(lambda a: a + 0.1, params)  # (Sink logits away from 0.)
 
-  @functools.partial(jax.jit, static_argnums=1)
-  def loss(p, c):
-    return (models.build(c).apply({'params': p}, tokens, pos, seg) ** 2).mean()
-  want = jax.value_and_grad(loss)(params, cfg)
-  got = jax.value_and_grad(loss)(params, cfg.replace(attention='flash'))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), want, got)
-  flat = jax.tree_util.tree_flatten_with_path(want[1])[0]
+  grads = flash_grads_equal_dense(cfg, params, tokens, pos, seg)
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   assert all(np.abs(g).max() > 0 for _, g in flat), [p for p, g in flat if not np.abs(g).max()]
-  assert want[1]['decoder']['layers']['layer_1']['attention']['sinks'].shape == (2, H)
+  assert grads['decoder']['layers']['layer_1']['attention']['sinks'].shape == (2, H)
 
   full = model.apply({'params': params}, tokens[:1])
   for prefill in (3, 9):  # Shorter, then longer than the window.
-    steps, cache = _decode(model, params, tokens[:1], pos[:1], prefill)
+    steps, cache = decoded(model, params, tokens[:1], pos[:1], prefill)
     np.testing.assert_allclose(steps, full, rtol=1e-4, atol=1e-4, err_msg=f'{prefill}')
   keys = cache['decoder']['layers']
   assert keys['layer_0']['attention']['cached_key'].shape == (2, 1, 2 + 5, H, 32 // H)
