@@ -52,15 +52,22 @@ SCALES = {
 
 
 # Beyond one run per encoding: recent models' per-layer schedules (configs/lm.py
-# arch presets: windows / chunks of L/4) and options: name -> (config argument,
-# overrides). p-RoPE keeps the highest 75 % of RoPE's frequencies (Barbero et al. 2025).
-EXTRA = {
-    'arch-irope': ('arch=irope', {}), 'arch-gemma3': ('arch=gemma3', {}),
-    'arch-command_a': ('arch=command_a', {}), 'arch-swan': ('arch=swan', {}),
-    'rope-p0.75': ('posenc=rope', {'model.posenc_args.scaling.type': 'proportional',
-                                   'model.posenc_args.scaling.fraction': 0.75}),
-    'rope-ssmax': ('posenc=rope', {'model.temperature': 'ssmax'}),
-}
+# arch presets, windows / chunks of L/4, 4 or 6 layers), their controls (RoPE with
+# the same window alone; RoPE at 4 layers) and options: name -> (config argument,
+# overrides) for training length L. p-RoPE keeps the highest 75 % of RoPE's
+# frequencies (Barbero et al. 2025); ssmax is Scalable-Softmax (Nakanishi 2025).
+def extra_runs(L: int) -> dict:
+  return {
+      'arch-irope': (f'arch=irope,window={L // 4}', {}),
+      'arch-gemma3': (f'arch=gemma3,window={L // 4}', {}),
+      'arch-command_a': (f'arch=command_a,window={L // 4}', {}),
+      'arch-swan': (f'arch=swan,window={L // 4}', {}),
+      'rope-window': ('posenc=rope', {'model.window': L // 4}),
+      'rope-4layers': ('posenc=rope', {'model.num_layers': 4}),
+      'rope-p0.75': ('posenc=rope', {'model.posenc_args.scaling.type': 'proportional',
+                                     'model.posenc_args.scaling.fraction': 0.75}),
+      'rope-ssmax': ('posenc=rope', {'model.temperature': 'ssmax'}),
+  }
 
 
 def runs(scale: str) -> list[runner.Run]:
@@ -74,9 +81,7 @@ def runs(scale: str) -> list[runner.Run]:
     out.append(runner.Run(name=name, config='configs/lm.py',
                                arg=f'posenc={name},{s["arg"]}', overrides=overrides,
                                note=LEARNED_NOTE if bounded else ''))
-  for name, (arg, extra) in EXTRA.items():
-    if arg.startswith('arch='):
-      arg += f',window={s["seq_len"] // 4}'
+  for name, (arg, extra) in extra_runs(s['seq_len']).items():
     out.append(runner.Run(name=name, config='configs/lm.py', arg=f'{arg},{s["arg"]}',
                           overrides={**base, 'model.max_len': s['seq_len'], **extra}))
   return out
