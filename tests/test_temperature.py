@@ -85,7 +85,8 @@ def test_rms_qk_norm_runs_before_rope_with_a_learned_scale():
 
 @pytest.mark.parametrize('kw', [
     dict(qk_norm='rms', temperature='ssmax'),
-    dict(qk_norm='l2', temperature='logn', temperature_args={'train_len': 4}),
+    pytest.param(dict(qk_norm='l2', temperature='logn', temperature_args={'train_len': 4}),
+                 marks=pytest.mark.slow),
     pytest.param(dict(temperature='llama4', temperature_args={'floor_scale': 3}),
                  marks=pytest.mark.slow)], ids=['rms-ssmax', 'l2-logn', 'llama4'])
 def test_flash_and_cached_decoding_equal_dense(kw):

@@ -113,8 +113,9 @@ def test_schedule_with_windows_chunks_and_sinks_flash_decoding_and_gradients():
   """Two layers (RoPE with a window of 5; NoPE with chunks of 6 and Llama 4's
   temperature), StreamingLLM sink tokens and learned sink logits, scanned:
   flash equals dense on packed rows, every parameter (the sink logits too) gets
-  a gradient, and decoding from a prefill longer than the window, with a cache
-  of sinks + window keys, equals the full pass."""
+  a gradient, a packed row gives each document its logits alone, and decoding
+  from a prefill shorter or longer than the window, with a cache of sinks +
+  window keys, equals the full pass."""
   pattern = ({'posenc': 'rope', 'window': 5},
              {'posenc': 'none', 'chunk': 6, 'temperature': 'llama4',
               'temperature_args': {'floor_scale': 4}})
@@ -131,7 +132,13 @@ def test_schedule_with_windows_chunks_and_sinks_flash_decoding_and_gradients():
   assert all(np.abs(g).max() > 0 for _, g in flat), [p for p, g in flat if not np.abs(g).max()]
   assert grads['decoder']['layers']['layer_1']['attention']['sinks'].shape == (2, H)
 
-  full = model.apply({'params': params}, tokens[:1])
+  apply = jax.jit(lambda t, p, s: model.apply({'params': params}, t, p, s))
+  full = apply(tokens[:1], pos[:1], seg[:1])
+  # Packed documents stay separate: chunks and sinks count each one's own positions.
+  packed = apply(tokens[1:], pos[1:], seg[1:])
+  for a, b in ((0, 9), (9, L)):
+    alone = apply(tokens[1:, a:b], pos[1:, a:b], jnp.ones((1, b - a), jnp.int32))
+    np.testing.assert_allclose(packed[:, a:b], alone, rtol=1e-4, atol=1e-4)
   for prefill in (3, 9):  # Shorter, then longer than the window.
     steps, cache = decoded(model, params, tokens[:1], pos[:1], prefill)
     np.testing.assert_allclose(steps, full, rtol=1e-4, atol=1e-4, err_msg=f'{prefill}')
@@ -175,20 +182,3 @@ def test_arch_presets_and_bad_patterns():
   with pytest.raises(ValueError, match="arch: got 'llama'; allowed: irope, gemma3"):
     config_lib.arch_fields('llama', 128)
 
-
-def test_packed_documents_stay_separate():
-  """Chunks and sinks count each document's own positions: a packed row gives
-  each document the logits it has alone."""
-  pattern = ({'window': 5}, {'posenc': 'none', 'chunk': 6})
-  cfg = _cfg('rope', layer_pattern=pattern, sink_tokens=2, sinks='learned', max_len=L)
-  tokens = jax.random.randint(jax.random.key(4), (1, L), 4, 40)
-  model = models.build(cfg)
-  params = nn.unbox(model.init(jax.random.key(0), tokens)['params'])
-  params = jax.tree.map(lambda a: a + 0.1, params)
-  apply = jax.jit(lambda t, p, s: model.apply({'params': params}, t, p, s))
-  pos = jnp.asarray([list(range(9)) + list(range(L - 9))], jnp.int32)
-  seg = jnp.asarray([[1] * 9 + [2] * (L - 9)], jnp.int32)
-  packed = apply(tokens, pos, seg)
-  for a, b in ((0, 9), (9, L)):
-    alone = model.apply({'params': params}, tokens[:, a:b])
-    np.testing.assert_allclose(packed[:, a:b], alone, rtol=1e-5, atol=1e-5)
