@@ -182,3 +182,18 @@ def test_arch_presets_and_bad_patterns():
   with pytest.raises(ValueError, match="arch: got 'llama'; allowed: irope, gemma3"):
     config_lib.arch_fields('llama', 128)
 
+
+
+def test_scanned_schedule_converts_to_the_plain_layout_and_back():
+  """Scanned per period (``layers/layer_p`` stacked over periods) = the plain
+  stack, layer i taking entry i % period."""
+  cfg = _cfg('rope', num_layers=4, layer_pattern=({'window': 4}, {'posenc': 'none'}))
+  tokens = jax.random.randint(jax.random.key(0), (1, 8), 4, 40)
+  scanned = nn.unbox(models.build(cfg).init(jax.random.key(1), tokens)['params'])
+  plain = models.unstack_layers(scanned)
+  assert {f'layer_{i}' for i in range(4)} <= set(plain['decoder'])
+  apply = lambda c, p: models.build(c).apply({'params': p}, tokens)  # noqa: E731
+  got = jax.jit(lambda s, p: (apply(cfg, s), apply(cfg.replace(scan_layers=False), p)))(
+      scanned, plain)
+  np.testing.assert_allclose(*got, rtol=1e-5, atol=1e-5)
+  jax.tree.map(np.testing.assert_array_equal, models.stack_layers(plain, period=2), scanned)

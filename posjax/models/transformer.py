@@ -232,29 +232,36 @@ def build(cfg: ModelConfig) -> nn.Module:
           'matcher': Matcher}[cfg.kind](cfg)
 
 
-def stack_layers(tree: Mapping[str, Any]) -> dict:
+def stack_layers(tree: Mapping[str, Any], period: int = 1) -> dict:
   """Plain layout (``layer_0 ... layer_{n-1}``) -> ``scan_layers`` layout.
 
   Works on unboxed params or cache trees (e.g. converting a checkpoint): every
-  dict holding ``layer_i`` keys gets one ``layers`` entry stacked on axis 0.
+  dict holding ``layer_i`` keys gets one ``layers`` entry stacked on axis 0; with
+  a ``layer_pattern`` of ``period`` entries, ``layers`` holds ``layer_0 ..
+  layer_{period-1}``, each stacked over the periods.
   """
   if not isinstance(tree, Mapping):
     return tree
-  out = {k: stack_layers(v) for k, v in tree.items() if not _LAYER.fullmatch(k)}
+  out = {k: stack_layers(v, period) for k, v in tree.items() if not _LAYER.fullmatch(k)}
   n = sum(1 for k in tree if _LAYER.fullmatch(k))
   if n:
-    out['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs),
-                                 *(tree[f'layer_{i}'] for i in range(n)))
+    stack = lambda idx: jax.tree.map(lambda *xs: jnp.stack(xs),  # noqa: E731
+                                     *(tree[f'layer_{i}'] for i in idx))
+    out['layers'] = (stack(range(n)) if period == 1 else
+                     {f'layer_{p}': stack(range(p, n, period)) for p in range(period)})
   return out
 
 
 def unstack_layers(tree: Mapping[str, Any]) -> dict:
-  """The inverse of ``stack_layers``."""
+  """The inverse of ``stack_layers`` (the period read from the tree)."""
   if not isinstance(tree, Mapping):
     return tree
   out = {k: unstack_layers(v) for k, v in tree.items() if k != 'layers'}
   if 'layers' in tree:
-    n = jax.tree.leaves(tree['layers'])[0].shape[0]
-    for i in range(n):
-      out[f'layer_{i}'] = jax.tree.map(lambda x: x[i], tree['layers'])
+    layers = tree['layers']
+    period = sum(1 for k in layers if _LAYER.fullmatch(k)) if isinstance(layers, Mapping) else 0
+    groups = [layers[f'layer_{p}'] for p in range(period)] if period else [layers]
+    n = jax.tree.leaves(groups[0])[0].shape[0]
+    for i in range(n * len(groups)):
+      out[f'layer_{i}'] = jax.tree.map(lambda x: x[i // len(groups)], groups[i % len(groups)])
   return out
