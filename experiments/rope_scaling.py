@@ -37,7 +37,7 @@ if __name__ == '__main__':  # This checkout's posjax and configs/, whatever posj
 
 from posjax.analysis import charts
 from posjax.data import passkey
-from posjax.encodings import rotary
+from posjax.encodings import rope_scaling
 from posjax.suites import runner
 from posjax.suites import report as report_lib
 
@@ -99,7 +99,7 @@ def runs(scale: str) -> list[runner.Run]:
   out = [runner.Run('rope', 'configs/lm.py', s['arg'], base, note='no scaling'),
          runner.Run('rope-p0.75', 'configs/lm.py', s['arg'], {**base, **P_ROPE},
                     note='p-RoPE, trained so')]
-  kinds = {k: (k, {}) for k in rotary.EXTENSION_TYPES} | VARIANTS
+  kinds = {k: (k, {}) for k in rope_scaling.EXTENSION_TYPES} | VARIANTS
   for kind, (type_, extra) in kinds.items():
     for f in FACTORS:
       sc = scaling(type_, f, s['seq_len'], s['head_dim'], **extra)

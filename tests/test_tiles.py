@@ -1,8 +1,6 @@
 """``model.block_size``: 'auto' per implementation and platform
 (``kernels.tile_sizes``), forced sizes, and the Pallas kernels' shared memory on
 GPUs by the estimate kept beside them (``pallas_tiles.smem_bytes``)."""
-import jax
-import jax.numpy as jnp
 import pytest
 
 from posjax import config_lib, models

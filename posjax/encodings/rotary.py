@@ -23,8 +23,7 @@ import numpy as np
 
 from posjax.encodings.base import QK, Array, Encoding, check_base, cos_sin
 from posjax.encodings.registry import register
-from posjax.encodings.rope_scaling import (EXTENSION_TYPES, SCALING_TYPES,  # noqa: F401
-                                           rope_inv_freq)
+from posjax.encodings.rope_scaling import rope_inv_freq
 
 LAYOUTS = ('half', 'interleaved')
 
