@@ -50,9 +50,10 @@ def _batches(task, steps=STEPS, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def _train(posenc, task):
-  """Initial params, trained params and per-step losses of a short AdamW run."""
-  model = models.build(_cfg(posenc))
+def _train(posenc, task, options=()):
+  """Initial params, trained params and per-step losses of a short AdamW run
+  (``options``: other model fields, as pairs)."""
+  model = models.build(_cfg(posenc, **dict(options)))
   xs, ys = _batches(task)
   tx = optax.adamw(LR, b2=0.98, weight_decay=0.1,
                    mask=lambda p: jax.tree.map(lambda a: a.ndim > 1, p))
@@ -80,8 +81,8 @@ def _flat(tree):
 
 
 @functools.lru_cache(maxsize=None)
-def _param_paths(posenc):
-  model = models.build(_cfg(posenc))
+def _param_paths(posenc, options=()):
+  model = models.build(_cfg(posenc, **dict(options)))
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, L), jnp.int32))
   return frozenset(_flat(jax.tree.map(lambda s: np.zeros(()), shapes['params'])))
 
@@ -134,9 +135,23 @@ def test_every_encoding_parameter_moves(posenc):
   init, trained, _ = _train(posenc, 'absolute' if encodings.EMBED in
                             encodings.get(posenc).acts_at else 'previous')
   init, trained = _flat(init), _flat(trained)
-  for path in _encoding_paths(posenc):
+  _assert_moved(posenc, init, trained, _encoding_paths(posenc))
+
+
+def _assert_moved(name, init, trained, paths):
+  for path in paths:
     delta = np.linalg.norm(trained[path] - init[path])
     moved = delta / (np.linalg.norm(init[path]) or 1.0)
     coherence = delta / (LR * STEPS * np.sqrt(init[path].size))
-    assert moved > MIN_MOVE, f'{posenc}{path} moved {moved:.3g} of its init norm'
-    assert coherence > MIN_COHERENCE, f'{posenc}{path} drifted ({coherence:.3g}): inert'
+    assert moved > MIN_MOVE, f'{name}{path} moved {moved:.3g} of its init norm'
+    assert coherence > MIN_COHERENCE, f'{name}{path} drifted ({coherence:.3g}): inert'
+
+
+def test_every_model_option_parameter_moves():
+  """The parameters model options add beside the encoding (learned sinks,
+  Scalable-Softmax's s_h, QK-norm's scales) move coherently too."""
+  options = (('sinks', 'learned'), ('temperature', 'ssmax'), ('qk_norm', 'rms'))
+  paths = sorted(_param_paths('rope', options) - _param_paths('rope'))
+  assert len(paths) == 4, paths  # sinks, ssmax, q_norm, k_norm
+  init, trained, _ = _train('rope', 'previous', options)
+  _assert_moved('rope+options', _flat(init), _flat(trained), paths)
