@@ -145,7 +145,7 @@ class Attention(nn.Module):
     idx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     if not decode:
       return k, v, pos_BxL, seg_BxL, idx, idx, self.cfg.span
-    if self.cfg.cache_window:
+    if self.cfg.span.local:
       return cache.rolling(self, self.cfg, k, v, pos_BxL, seg_BxL) + (
           dataclasses.replace(self.cfg.span, aligned=False),)
     return cache.full(self, k, v, pos_BxL, seg_BxL) + (self.cfg.span,)

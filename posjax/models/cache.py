@@ -4,11 +4,12 @@
 first, initialising call); later calls write their chunk at the next slots.
 
 ``rolling`` (layers with a sliding window or chunked attention): the cache keeps
-only what a later query can still see: the last ``cfg.cache_window`` keys and,
-with ``model.sink_tokens = k``, the row's first k (StreamingLLM's sinks), so its
-memory is O(window + k) however long the decoding runs. Each call attends over
+only what a later query can still see: the last ``Span.reach`` keys (the smaller
+of window and chunk) and, with ``model.sink_tokens = k``, those at positions < k
+(StreamingLLM's sinks), so its memory is O(window + k) however long the decoding
+runs. Each call attends over
 the cache followed by its own chunk (any length: a prefill longer than the
-window included), then keeps the last ``cache_window`` of those and the sinks.
+window included), then keeps the last ``reach`` of those and the sinks.
 Every cached key carries its slot, so the window / chunk mask is exact; keys
 keep the positions they were encoded with (not re-positioned within the cache).
 """
@@ -45,9 +46,9 @@ def full(module: nn.Module, k, v, pos, seg):
 
 def rolling(module: nn.Module, cfg, k, v, pos, seg):
   """The rolling cache: returns ``(k, v, kpos, kseg, kidx, qidx)`` over the cache
-  and this chunk, and keeps the sinks and the last ``cache_window`` keys."""
+  and this chunk, and keeps the sinks and the last ``cfg.span.reach`` keys."""
   B, L = pos.shape
-  n_sink, W = cfg.sink_tokens, cfg.cache_window
+  n_sink, W = cfg.sink_tokens, cfg.span.reach
   size = n_sink + W
   is_init = not module.has_variable('cache', 'cached_key')
   shape = lambda a: (B, size) + a.shape[2:]  # noqa: E731

@@ -57,7 +57,7 @@ class ModelConfig:
   window: int = 0             # sliding window in tokens (0: none; kernels/span.py)
   chunk: int = 0              # Llama 4's chunked attention, chunk length (0: none)
   sinks: str = 'none'         # 'learned': one learned logit per head in the softmax (gpt-oss)
-  sink_tokens: int = 0        # StreamingLLM: the row's first k tokens always visible
+  sink_tokens: int = 0        # StreamingLLM: keys at positions < k always visible (per document)
   layer_pattern: tuple = ()   # per-layer overrides, repeated (models/layer_pattern.py)
 
   def __post_init__(self):
@@ -142,11 +142,6 @@ class ModelConfig:
     """Which key slots each query may see (``kernels.span.Span``)."""
     from posjax.models.kernels.span import Span
     return Span(self.causal, self.window, self.chunk, self.sink_tokens)
-
-  @property
-  def cache_window(self) -> int:
-    """Keys a rolling decode cache keeps besides the sinks (0: a full cache)."""
-    return min(w for w in (self.window, self.chunk) if w) if self.window or self.chunk else 0
 
   def layer_configs(self) -> tuple:
     """The per-layer configs of one period of ``layer_pattern`` ((self,) without one)."""

@@ -19,6 +19,8 @@ def freeze(x):
 def thaw(x):
   if isinstance(x, tuple) and x and x[0] == '__list__':
     return [thaw(v) for v in x[1:]]
-  if isinstance(x, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in x) and x:
+  pairs = all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in x) \
+      if isinstance(x, tuple) else False
+  if x and pairs:
     return {k: thaw(v) for k, v in x}
   return x

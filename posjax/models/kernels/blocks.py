@@ -80,10 +80,6 @@ class Tiles:
   nk: int
   span: Span
 
-  @property
-  def causal(self) -> bool:
-    return self.span.causal
-
   def q(self, x, i):
     return jax.lax.dynamic_slice_in_dim(x, i * self.bq, self.bq, axis=1)
 
@@ -106,7 +102,8 @@ def nonempty(qseg_t, kseg_t, qidx_t, kidx_t, kpos_t, span: Span):
   valid = kidx_t >= 0
   kmin = jnp.where(valid, kseg_t, big).min(1)
   kmax = jnp.where(valid, kseg_t, -big).max(1)
-  overlap = (qseg_t.min(1) <= kmax) & (kmin <= qseg_t.max(1)) & span.tile_may_see(qidx_t, kidx_t, kpos_t)
+  overlap = ((qseg_t.min(1) <= kmax) & (kmin <= qseg_t.max(1))
+             & span.tile_may_see(qidx_t, kidx_t, kpos_t))
   return overlap.astype(jnp.int32).max() > 0  # (Not jnp.any: Triton has no reduce_or.)
 
 
