@@ -27,8 +27,6 @@ def get_config(arg: str = ''):
       eval_examples=5_000, learning_rate=5e-4, schedule='cosine', weight_decay=0.0,
       grad_clip=0.0, model=dict(pooling='cls', num_layers=1, num_heads=1, model_dim=32,
                                 mlp_dim=64, dropout_rate=0.3))
-  if arg.posenc in ('rope_2d', 'sinusoidal_2d'):
-    c.model.posenc_args = {'grid_width': 32}
   return c
 
 

@@ -26,8 +26,6 @@ def get_config(arg: str = ''):
       eval_examples=20_000, learning_rate=1e-3, schedule='cosine', weight_decay=0.0,
       grad_clip=0.0, model=dict(pooling='mean', num_layers=1, num_heads=4, model_dim=128,
                                 mlp_dim=128, dropout_rate=0.2))
-  if arg.posenc in ('rope_2d', 'sinusoidal_2d'):
-    c.model.posenc_args = {'grid_width': res}
   return c
 
 

@@ -103,10 +103,10 @@ def test_learned_table_shape_grads_and_clipping():
 
 
 def test_sinusoidal_2d_row_col_structure():
-  enc = _make('sinusoidal_2d', grid_width=4)
-  pos = jnp.arange(12)[None]
-  pe = np.asarray(enc.apply({}, jnp.zeros((1, 12, 8)), pos, method='embed'))[0]
+  enc = _make('sinusoidal_2d')
   rows, cols = np.arange(12) // 4, np.arange(12) % 4
+  pos = jnp.asarray(np.stack([np.zeros(12, int), rows, cols])[:, None])
+  pe = np.asarray(enc.apply({}, jnp.zeros((1, 12, 8)), pos, method='embed'))[0]
   np.testing.assert_allclose(pe[:, :4], _np_sinusoid(rows, 4), atol=1e-6)
   np.testing.assert_allclose(pe[:, 4:], _np_sinusoid(cols, 4), atol=1e-6)
   np.testing.assert_array_equal(pe[1, :4], pe[2, :4])  # Same row.
@@ -116,7 +116,6 @@ def test_sinusoidal_2d_row_col_structure():
 @pytest.mark.parametrize('name,kw,field', [
     ('sinusoidal', dict(base=0.5), 'posenc_args.base'),
     ('sinusoidal', dict(geometry=dict(model_dim=7)), 'model_dim'),
-    ('sinusoidal_2d', dict(grid_width=0), 'posenc_args.grid_width'),
     ('sinusoidal_2d', dict(geometry=dict(model_dim=6)), 'model_dim'),
     ('learned', dict(init_std=0.0), 'posenc_args.init_std'),
 ])

@@ -100,8 +100,7 @@ def test_has_params_flag_matches_the_model(posenc):
 @pytest.mark.parametrize('posenc', EMBEDDERS)
 def test_absolute_term_is_not_negligible(posenc):
   """|embed(x) - x| / |x| at init, x the token embedding the model feeds in."""
-  cfg = _cfg(posenc, **({'posenc_args': {'grid_width': 8}}
-                        if encodings.get(posenc).grid_2d else {}))
+  cfg = _cfg(posenc)
   model = models.build(cfg)
   seen = []
 

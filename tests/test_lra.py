@@ -170,8 +170,8 @@ def test_grayscale_is_tf_rgb_to_grayscale_on_every_colour():
 def test_image_tokens_are_pixels_plus_one_row_major(cifar):
   ex = cifar[1]['test'][0]
   tokens, label = lra.image_example(ex)
-  assert tokens.dtype == np.int32 and tokens.shape == (1024,) and label == int(ex['label'])
-  np.testing.assert_array_equal(tokens.reshape(32, 32), ex['image'][..., 0].astype(np.int32) + 1)
+  assert tokens.dtype == np.int32 and tokens.shape == (32, 32) and label == int(ex['label'])
+  np.testing.assert_array_equal(tokens, ex['image'][..., 0].astype(np.int32) + 1)
 
 
 def test_image_missing_batch_and_foreign_pickle_are_one_line_errors(cifar, tmp_path):

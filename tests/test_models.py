@@ -60,7 +60,7 @@ def _tokens(B=2, L=12, seed=3):
 def test_names_cover_the_issue():
   required = {'none', 'sinusoidal', 'learned', 'rope', 'xpos', 't5', 'alibi', 'kerple_log',
               'kerple_power', 'fire', 'shaw', 'transformer_xl', 'cope', 'rope_2d',
-              'sinusoidal_2d'}
+              'sinusoidal_2d', 'mrope'}
   assert required <= set(NAMES)
 
 
@@ -146,33 +146,69 @@ def test_every_parameter_gets_gradient(posenc):
 
 @pytest.mark.parametrize('posenc', NAMES)
 def test_translation_invariant_flag(posenc):
-  """Shifting every position leaves the output unchanged iff the class says so
-  (a grid_2d encoding is shifted by whole rows)."""
+  """Shifting every position (and so every position row) leaves the output
+  unchanged iff the class says so."""
   cls = encodings.get(posenc)
   cfg = _cfg(posenc, num_layers=1)
   tokens = _tokens()
   model, params = _init(cfg, tokens)
   pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  shift = 4 * cfg.make_encoding().grid_width if cls.grid_2d else 1000
   apply = _apply(model)
-  base, shifted = (apply({'params': params}, tokens, pos + s) for s in (0, shift))
+  base, shifted = (apply({'params': params}, tokens, pos + s) for s in (0, 1000))
   assert np.allclose(base, shifted, rtol=1e-4, atol=1e-4) == cls.translation_invariant
 
 
+def _image_rows(B, L, width=4):
+  """Position rows of a CLS token then a raster of ``width`` columns."""
+  from posjax.data.pipelines import image_position_rows
+  rows = image_position_rows(-(-(L - 1) // width), width, 1, L)
+  return jnp.broadcast_to(jnp.asarray(rows)[:, None], (3, B, L))
+
+
 @pytest.mark.parametrize('posenc', NAMES)
-def test_grid_2d_flag(posenc):
-  """A grid_2d encoding has a grid_width field, and the output depends on it."""
+def test_position_rows_flag(posenc):
+  """An encoding with position_rows = 3 reads the rows (text's default: three
+  copies of the positions); the others ignore them."""
   cls = encodings.get(posenc)
-  assert ('grid_width' in cls.__dataclass_fields__) == cls.grid_2d
-  if not cls.grid_2d:
-    return
+  cfg = _cfg(posenc, num_layers=1)
+  assert cfg.uses_position_rows == (cls.position_rows == 3)
   tokens = _tokens(L=12)
-  outs = []
-  for width in (3, 4):
-    cfg = _cfg(posenc, num_layers=1, posenc_args={'grid_width': width})
-    model, params = _init(cfg, tokens)
-    outs.append(_apply(model)({'params': params}, tokens))
-  assert not np.allclose(*outs, atol=1e-4)
+  model, params = _init(cfg, tokens)
+  apply = _apply(model)
+  pos = jnp.broadcast_to(jnp.arange(12), tokens.shape)
+  text = apply({'params': params}, tokens, pos)
+  same = apply({'params': params}, tokens, pos, position_rows=jnp.stack([pos] * 3))
+  image = apply({'params': params}, tokens, pos, position_rows=_image_rows(2, 12))
+  np.testing.assert_allclose(same, text, rtol=1e-6, atol=1e-6)
+  assert np.allclose(image, text, atol=1e-4) == (cls.position_rows == 1)
+
+
+def test_mrope_on_text_is_rope_and_decodes_images_with_continued_rows():
+  """M-RoPE equals RoPE on text; with an image prompt, cached decoding (rows
+  continued after the prompt's largest position, Qwen2-VL's rope_deltas) equals
+  the full pass over the same rows, and ``sample`` continues them."""
+  tokens = _tokens(L=12)
+  model, params = _init(_cfg('mrope'), tokens)
+  rope = models.build(_cfg('rope'))
+  np.testing.assert_allclose(_apply(model)({'params': params}, tokens),
+                             _apply(rope)({'params': params}, tokens), rtol=1e-5, atol=1e-5)
+  prompt = _image_rows(2, 9)  # CLS + 8 pixels of a 2 x 4 image.
+  rows = models.sampling.continued_rows(prompt, 12)
+  assert rows[:, 0, 9:].tolist() == [[5, 6, 7]] * 3  # Pixel rows reach w = 1 + 3 = 4.
+  pos = jnp.broadcast_to(jnp.arange(12), tokens.shape)
+  full = _apply(model)({'params': params}, tokens, pos, position_rows=rows)
+  step = jax.jit(functools.partial(models.decode_step, model))
+  logits, cache = step(params, models.init_cache(model, params, 2, 12), tokens[:, :9],
+                       pos[:, :9], rows[..., :9])
+  steps = [logits]
+  for i in range(9, 12):
+    logits, cache = step(params, cache, tokens[:, i:i + 1], pos[:, i:i + 1], rows[..., i:i + 1])
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
+  out = models.sample(model, params, tokens[:, :9], jax.random.key(0), max_len=12,
+                      temperature=0, prompt_rows=prompt)
+  np.testing.assert_array_equal(out[:, 9], full[:, 8].argmax(-1))
+  assert not np.allclose(full, _apply(model)({'params': params}, tokens), atol=1e-4)
 
 
 def test_nope_order_only_through_causal_mask():

@@ -86,6 +86,9 @@ def test_pathfinder_tokens(data_dir):
   ev = pipelines.classification_eval(src, tokenize=pipelines.pathfinder_example,
                                      max_length=32 * 32, batch_size=5)
   assert [b['inputs'].shape for b in ev] == [(5, 1024)] * 4
+  assert [b['position_rows'].shape for b in ev] == [(5, 3, 1024)] * 4
+  np.testing.assert_array_equal(ev[0]['position_rows'][2],
+                                pipelines.image_position_rows(32, 32, 0, 1024))
   inputs = np.concatenate([b['inputs'] for b in ev])
   labels = np.concatenate([b['label'] for b in ev])
   for i in range(len(src)):
@@ -279,3 +282,25 @@ def test_sequence_eval_groups_by_length(reverse_src):
   widths = {n: bs[0]['inputs'].shape[1] for n, bs in ev.items()}
   assert all(w % 32 == 0 and 2 * n <= w < 2 * n + 32 for n, w in widths.items())
   assert len(set(widths.values())) < len(widths)  # Fewer shapes than lengths.
+
+
+def _qwen2_vl_rope_index(text_before: int, t: int, h: int, w: int, text_after: int):
+  """Qwen2-VL's ``get_rope_index`` for one image between two text spans,
+  transcribed loop by loop from the paper's description (Wang et al. 2024, sec. 2.1)."""
+  out = [[j, j, j] for j in range(text_before)]
+  start = text_before
+  out += [[start + ti, start + hi, start + wi]
+          for ti in range(t) for hi in range(h) for wi in range(w)]
+  nxt = max(max(p) for p in out) + 1
+  out += [[nxt + j] * 3 for j in range(text_after)]
+  return np.array(out).T
+
+
+@pytest.mark.parametrize('before,h,w,after', [(1, 2, 3, 4), (0, 5, 2, 0), (3, 1, 1, 2), (2, 4, 4, 0)])
+def test_image_position_rows_are_qwen2_vl_rope_index(before, h, w, after):
+  length = before + h * w + after
+  np.testing.assert_array_equal(pipelines.image_position_rows(h, w, before, length),
+                                _qwen2_vl_rope_index(before, 1, h, w, after))
+  # Truncation keeps the first ``length`` columns.
+  np.testing.assert_array_equal(pipelines.image_position_rows(h, w, before, length - 1),
+                                _qwen2_vl_rope_index(before, 1, h, w, after)[:, :-1])

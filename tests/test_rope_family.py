@@ -224,3 +224,21 @@ def test_mrope_equals_rope_on_equal_rows_and_assigns_pairs_by_section():
   for k, row in enumerate((t, t, h, h, h, w, w, w)):
     want = encodings.apply_rope(x, row, inv)
     np.testing.assert_allclose(got[..., [k, k + 8]], want[..., [k, k + 8]], atol=1e-5)
+
+
+def test_qwen2_vl_config_maps_to_mrope():
+  """Qwen2-VL-7B-Instruct's published config.json (``type: mrope``, sections 16/24/24)
+  builds an ``mrope`` whose pairs follow the sections; ``mrope_interleaved``
+  (Qwen3-VL) is carried."""
+  qwen2_vl = {'hidden_size': 3584, 'num_attention_heads': 28, 'rope_theta': 1000000.0,
+              'max_position_embeddings': 32768,
+              'rope_scaling': {'type': 'mrope', 'mrope_section': [16, 24, 24]}}
+  args = encodings.rope_args_from_hf(qwen2_vl)
+  assert args == {'base': 1e6, 'head_dim': 128, 'mrope_section': (16, 24, 24),
+                  'interleaved': False}
+  head_dim = args.pop('head_dim')
+  enc = encodings.make('mrope', args, num_heads=1, head_dim=head_dim, model_dim=head_dim)
+  assert enc.section == (16, 24, 24)
+  interleaved = dict(qwen2_vl, rope_scaling={'rope_type': 'default', 'mrope_interleaved': True,
+                                             'mrope_section': [24, 20, 20]})
+  assert encodings.rope_args_from_hf(interleaved)['interleaved'] is True

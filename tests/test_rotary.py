@@ -240,19 +240,18 @@ def test_xpos_scores_depend_only_on_offset_and_decay():
 
 
 def test_rope_2d_scores_depend_only_on_2d_offset():
-  width = 8
-  enc = _make('rope_2d', {'grid_width': width})
+  enc = _make('rope_2d', {})
   q, k = _rand(7, (B, L, H, K)), _rand(8, (B, L, H, K))
   rng = np.random.RandomState(9)
   rows, cols = rng.randint(0, 8, (2, B, L)), rng.randint(0, 4, (2, B, L))
-  pos = rows * width + cols
-  ref = _scores(enc, q, k, pos[0], pos[1])
-  shift = 3 * width + 4  # 3 rows down, 4 columns right: no column wraps
-  np.testing.assert_allclose(_scores(enc, q, k, pos[0] + shift, pos[1] + shift), ref,
+  qrows, krows = (np.stack([np.zeros_like(rows[i]), rows[i], cols[i]]) for i in (0, 1))
+  ref = _scores(enc, q, k, qrows, krows)
+  shift = np.array([5, 3, 4])[:, None, None]  # 3 rows down, 4 columns right.
+  np.testing.assert_allclose(_scores(enc, q, k, qrows + shift, krows + shift), ref,
                              rtol=1e-4, atol=1e-4 * np.abs(ref).max())
-  # Row in the first half, column in the second.
+  # Row (the height row) in the first half, column (the width row) in the second.
   inv, _ = rotary.rope_inv_freq(K // 2)
-  q_rot, _ = enc.qk(q, k, pos[0], pos[1])
+  q_rot, _ = enc.qk(q, k, qrows, krows)
   np.testing.assert_allclose(q_rot[..., :K // 2], rotary.apply_rope(q[..., :K // 2], rows[0], inv), atol=1e-5)
   np.testing.assert_allclose(q_rot[..., K // 2:], rotary.apply_rope(q[..., K // 2:], cols[0], inv), atol=1e-5)
 
@@ -340,7 +339,8 @@ def test_scaling_containers(scaling):
     ('rope', {'layout': 'zigzag'}, r'model\.posenc_args\.layout: .*half, interleaved'),
     ('rope', {'base': -1.0}, r'model\.posenc_args\.base'),
     ('xpos', {'scale_base': 0.0}, r'model\.posenc_args\.scale_base'),
-    ('rope_2d', {'grid_width': 0}, r'model\.posenc_args\.grid_width'),
+    ('rope_2d', {'grid_width': 32}, r'model\.posenc_args: unknown field\(s\) grid_width'),
+    ('mrope', {'mrope_section': (1, 2, 3)}, r'model\.posenc_args\.mrope_section: .*summing to'),
 ])
 def test_bad_hyperparameters(name, args, match):
   with pytest.raises(ValueError, match=match):

@@ -208,3 +208,24 @@ def test_the_lm_task_opens_its_corpus_once(corpus, tmp_path, monkeypatch):
   c.model.update(num_layers=1, model_dim=32, mlp_dim=64, num_heads=2, max_len=16)
   main.run_job(c, str(tmp_path / 'run'))
   assert len(calls) == 1
+
+
+def test_image_batches_give_the_model_their_pixel_rows(data_dir):
+  """Pathfinder's batches carry (row, column) position rows, which reach a 2D
+  encoding through ``model_inputs`` (and change its output)."""
+  import jax
+  import numpy as np
+  from posjax import models
+  c = _shrink(config('lra_pathfinder', 'posenc=rope_2d,runlocal'))
+  c.data.data_dir = data_dir
+  task = tasks.for_config(c)
+  batch = next(iter(task.eval_sets().values()))[0]
+  args, kwargs = task.model_inputs(batch)
+  rows = np.asarray(kwargs['position_rows'])
+  assert rows.shape == (3, *batch['inputs'].shape)
+  assert rows[1, 0, 33] == 1 and rows[2, 0, 33] == 1  # Pixel (1, 1) of a 32-wide image.
+  assert set(task.dummy_batch(8)) == set(batch) - {'weight'}
+  model = models.build(models.ModelConfig.from_config(c.model))
+  params = model.init(jax.random.key(0), *args)['params']
+  assert not np.allclose(model.apply({'params': params}, *args, **kwargs),
+                         model.apply({'params': params}, *args), atol=1e-5)

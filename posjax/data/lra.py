@@ -74,7 +74,7 @@ def retrieval_example(ex: dict) -> tuple[np.ndarray, np.ndarray, int]:
   return _byte_tokens(ex['text1']), _byte_tokens(ex['text2']), int(ex['label'])
 
 
-# LRA Image: the 1024 grey pixels row-major as ``pixel + 1``, exactly Pathfinder's.
+# LRA Image: the 32 x 32 grey pixels as ``pixel + 1``, exactly Pathfinder's.
 image_example = pipelines.pathfinder_example
 
 

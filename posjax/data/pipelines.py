@@ -18,7 +18,9 @@ Classification (ListOps, Pathfinder)
 and give ``{'inputs': int32[B, L], 'label': int32[B]}`` with ``L =
 max_length``: tokens are right-padded with 0 (PAD) or truncated; with
 ``cls_id`` the CLS token is prepended and counts towards ``L`` (so at most
-``L - 1`` data tokens survive). Training shuffles by ``seed`` (a fresh order
+``L - 1`` data tokens survive). Tokens given as an image ``[H, W]`` are
+flattened row-major, and the batch adds ``'position_rows': int32[B, 3, L]``
+(``image_position_rows``: Qwen2-VL's temporal / height / width positions). Training shuffles by ``seed`` (a fresh order
 every epoch: grain's ``shuffle`` before ``repeat`` reseeds per epoch), shards
 the shuffled order per process (``[process_index::process_count]``, disjoint),
 repeats forever and batches with ``drop_remainder``. Evaluation batches add
@@ -29,7 +31,7 @@ rows, which can give NaNs under fully-masked attention), so mask with
 ``weight``.
 
 Tokens: ListOps uses ``listops.VOCAB`` (parentheses dropped, as LRA);
-Pathfinder flattens the image row-major to ``R * R`` pixel tokens with
+Pathfinder gives the image as ``[R, R]`` pixel tokens with
 ``token = pixel + 1`` (``PATHFINDER_VOCAB_SIZE`` = 257), so 0 stays PAD.
 Synthetic length generalisation (decoder-only format)
 -----------------------------------------------------
@@ -111,12 +113,26 @@ def listops_example(ex: dict) -> tuple[np.ndarray, int]:
 
 
 def pathfinder_example(ex: dict) -> tuple[np.ndarray, int]:
-  """Pathfinder: the image row-major as ``R * R`` tokens ``pixel + 1``."""
+  """Pathfinder: the image as ``[R, R]`` tokens ``pixel + 1``."""
   image = np.asarray(ex['image'])
-  return image.reshape(-1).astype(np.int32) + PATHFINDER_OFFSET, int(ex['label'])
+  return image.reshape(image.shape[:2]).astype(np.int32) + PATHFINDER_OFFSET, int(ex['label'])
 
 
 # ---------------------------------------------------------- classification
+
+def image_position_rows(height: int, width: int, offset: int, length: int) -> np.ndarray:
+  """Position rows ``[3, length]`` of ``offset`` text tokens, an image ``[height,
+  width]`` flattened row-major, then text again (Qwen2-VL's ``get_rope_index``):
+  text token j has three rows j; pixel (r, c) has (offset, offset + r, offset + c);
+  text after the image continues from the largest position + 1."""
+  n = height * width
+  r, c = np.divmod(np.arange(n), width)
+  image = np.stack([np.full(n, offset), offset + r, offset + c])
+  after = offset + max(height, width) + np.arange(max(length - offset - n, 0))
+  rows = np.concatenate([np.broadcast_to(np.arange(offset), (3, offset)), image,
+                         np.broadcast_to(after, (3, after.size))], 1)
+  return rows[:, :length].astype(np.int32)
+
 
 def _row(tokens, max_length: int, cls_id: Optional[int]) -> np.ndarray:
   tokens = np.asarray(tokens, np.int32).reshape(-1)
@@ -134,6 +150,9 @@ def _classification_row(parts: tuple, max_length: int, cls_id: Optional[int]) ->
   *tokens, label = parts
   keys = ['inputs'] if len(tokens) == 1 else [f'inputs{i + 1}' for i in range(len(tokens))]
   out = {k: _row(t, max_length, cls_id) for k, t in zip(keys, tokens)}
+  if keys == ['inputs'] and np.ndim(tokens[0]) == 2:
+    out['position_rows'] = image_position_rows(*np.shape(tokens[0]), int(cls_id is not None),
+                                               max_length)
   out['label'] = np.int32(label)
   return out
 

@@ -4,7 +4,7 @@
   sinusoidal      Vaswani et al. 2017, "Attention Is All You Need", sec. 3.5.
   learned         a trained ``[max_len, D]`` table (Gehring et al. 2017; GPT),
                   initialised at half the token embedding's std (GPT-2).
-  sinusoidal_2d   row / column sinusoids of a ``grid_width``-wide raster scan.
+  sinusoidal_2d   row / column sinusoids of the height / width position rows.
 """
 from __future__ import annotations
 
@@ -97,25 +97,20 @@ class Learned(_Absolute):
 
 @register('sinusoidal_2d')
 class Sinusoidal2D(_Absolute):
-  """Position p is pixel (p // grid_width, p % grid_width) of a raster scan:
-  channels [0, D/2) are the 1D sinusoid of the row, [D/2, D) of the column."""
-  grid_width: int = 32
+  """Channels [0, D/2) are the 1D sinusoid of the height position row (a pixel's
+  row), [D/2, D) of the width row (its column)."""
   base: float = 10000.0
-  grid_2d = True
+  position_rows = 3
 
   def __post_init__(self):
     super().__post_init__()
-    if not (isinstance(self.grid_width, int) and self.grid_width > 0):
-      raise ValueError(f'model.posenc_args.grid_width: got {self.grid_width!r}; '
-                       'allowed: a positive integer')
     check_base(self.base)
     if self.model_dim % 4:
       raise ValueError(f'model.model_dim: got {self.model_dim}; allowed: a multiple '
                        'of 4 for posenc=sinusoidal_2d')
 
-  def embed(self, x_BxLxD, pos_BxL):
+  def embed(self, x_BxLxD, rows_3xBxL):
     half = self.model_dim // 2
-    pe_BxLxD = jnp.concatenate([
-        sinusoidal_embedding(pos_BxL // self.grid_width, half, base=self.base),
-        sinusoidal_embedding(pos_BxL % self.grid_width, half, base=self.base)], -1)
+    pe_BxLxD = jnp.concatenate([sinusoidal_embedding(rows_3xBxL[1], half, base=self.base),
+                                sinusoidal_embedding(rows_3xBxL[2], half, base=self.base)], -1)
     return _add(x_BxLxD, pe_BxLxD)

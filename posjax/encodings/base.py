@@ -11,7 +11,10 @@ on encoding names:
 
 Shapes follow nanodo's naming: B batch, L query length, S key length, H heads,
 K head dim, D model dim. Positions are explicit int32 arrays ``[B, L]``; every
-piece of position math is float32 whatever the activation dtype.
+piece of position math is float32 whatever the activation dtype. An encoding with
+``position_rows = 3`` receives position rows ``[3, B, L]`` (temporal, height, width,
+as Qwen2-VL) in its hooks instead: the data gives them for images, and text has
+three equal rows (``equal_rows``).
 
 Shared math, written once and called by every encoding that needs it:
 ``relative`` (key - query), ``check_base``, ``sinusoid_inv_freq`` and ``cos_sin`` (the
@@ -80,12 +83,12 @@ class Encoding(nn.Module):
   causal_only: ClassVar[bool] = False
   # Cached decoding reproduces the full pass (False for encoder-only schemes).
   supports_decoding: ClassVar[bool] = True
-  # The model's output is unchanged when every position is shifted by the same
-  # amount (for a ``grid_2d`` encoding: by whole rows, a multiple of grid_width).
+  # The model's output is unchanged when every position (every position row) is
+  # shifted by the same amount.
   translation_invariant: ClassVar[bool] = False
-  # Positions are pixels of a raster scan ``grid_width`` wide (a field of the
-  # class): row p // grid_width, column p % grid_width.
-  grid_2d: ClassVar[bool] = False
+  # 1: hooks get positions ``[B, L]``; 3: they get rows ``[3, B, L]`` (temporal,
+  # height, width) and act only at EMBED or QK (checked at registration).
+  position_rows: ClassVar[int] = 1
   # Owns trained parameters; each must move in a short run
   # (tests/test_active_encodings.py).
   has_params: ClassVar[bool] = False
@@ -174,6 +177,11 @@ def scalar_mlp(x_BxLxS: Array, w1_W: Array, b1_W: Array, w2_WxH: Array) -> Array
   if _KERNEL_HEAD.get() is None:
     return (jax.nn.relu(x_BxLxS[..., None] * w1_W + b1_W) @ w2_WxH).transpose(0, 3, 1, 2)
   return kernel_loops.scalar_mlp(x_BxLxS, w1_W, b1_W, w2_WxH, grad=_KERNEL_GRAD.get())[:, None]
+
+
+def equal_rows(pos_BxL: Array) -> Array:
+  """Text's position rows: ``[3, B, L]``, the three rows equal to ``pos``."""
+  return jnp.broadcast_to(jnp.asarray(pos_BxL)[None], (3, *jnp.shape(pos_BxL)))
 
 
 def relative(qpos_BxL: Array, kpos_BxS: Array) -> Array:

@@ -9,6 +9,9 @@ whose rotary part is all posjax reproduces), ``max_position_embeddings`` and
 does, so that ``rope_inv_freq(rotary_dim, base=..., scaling=...)`` gives that
 model's inverse frequencies and attention factor. The posjax model must have the
 same head dim (``model_dim / num_heads``); ``rotary_dim`` says what it rotates.
+M-RoPE configs (Qwen2-VL's ``type: mrope``, or any with ``mrope_section``; Qwen3-VL's
+``mrope_interleaved``) add ``mrope_section`` and ``interleaved``: arguments of
+``posenc='mrope'``.
 """
 from __future__ import annotations
 
@@ -67,13 +70,14 @@ def _scaling(kind: str, p: Mapping[str, Any], config: Mapping[str, Any]) -> dict
 
 
 def rope_args_from_hf(config: Mapping[str, Any]) -> dict:
-  """``model.posenc_args`` of ``rope`` reproducing a Hugging Face config's RoPE:
-  ``base``, ``scaling`` (absent for 'default'), ``rotary_fraction`` (when
-  partial), plus ``head_dim`` (the head dim the model must have), to pop before
+  """``model.posenc_args`` of ``rope`` (``mrope`` when it has ``mrope_section``)
+  reproducing a Hugging Face config's RoPE: ``base``, ``scaling`` (absent for
+  'default'), ``rotary_fraction`` (when partial), plus ``head_dim`` (the head dim the model must have), to pop before
   use: ``args = rope_args_from_hf(hf); head_dim = args.pop('head_dim')``."""
   params = _parameters(config)
   kind = params.get('rope_type', params.get('type', 'default'))
-  kind = {'su': 'longrope'}.get(kind, kind)  # (Phi-3's first configs, as HF reads them.)
+  # Phi-3's first configs and Qwen2-VL's, as HF reads them.
+  kind = {'su': 'longrope', 'mrope': 'default'}.get(kind, kind)
   if kind not in HF_ROPE_TYPES:
     raise ValueError(f'rope_type: got {kind!r}; allowed: {", ".join(HF_ROPE_TYPES)}')
   args = {'base': float(params.get('rope_theta', config.get('rope_theta', 10000.0))),
@@ -84,6 +88,9 @@ def rope_args_from_hf(config: Mapping[str, Any]) -> dict:
   scaling = _scaling(kind, params, config)
   if scaling is not None:
     args['scaling'] = scaling
+  if params.get('mrope_section'):
+    args.update(mrope_section=tuple(int(s) for s in params['mrope_section']),
+                interleaved=bool(params.get('mrope_interleaved', False)))
   return args
 
 

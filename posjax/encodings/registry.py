@@ -27,6 +27,9 @@ def _check_contract(name: str, cls: type[Encoding]) -> None:
     if helper in hooks and hook not in declared:
       raise ValueError(f'encoding {name!r}: overrides {helper} without {hook}; allowed: '
                        f'{helper} only with {hook}')
+  if cls.position_rows not in (1, 3) or (cls.position_rows == 3 and declared - {EMBED, QK}):
+    raise ValueError(f'encoding {name!r}: position_rows: got {cls.position_rows} with acts_at '
+                     f'{sorted(declared)}; allowed: 1, or 3 acting only at {EMBED}/{QK}')
   if EMBED in declared and not cls.shared_across_layers:
     raise ValueError(f'encoding {name!r}: shared_across_layers: got False with '
                      f'acts_at {EMBED!r}; allowed: True (embed acts once, on the input)')

@@ -199,37 +199,32 @@ class XPos(Encoding):
 
 @register('rope_2d')
 class RoPE2D(Encoding):
-  """Axial 2D RoPE for a row-major grid (e.g. LRA Image, 32 x 32 pixels).
+  """Axial 2D RoPE of (row, column) positions (e.g. LRA Image, 32 x 32 pixels).
 
-  Position p is at row ``p // grid_width``, column ``p % grid_width``; the first
-  half of each head rotates with the row, the second with the column, each a
-  1D RoPE of dim K / 2, so scores depend only on the (row, column) offset.
+  Reads the height and width position rows (the data's pixel coordinates); the
+  first half of each head rotates with the row, the second with the column, each
+  a 1D RoPE of dim K / 2, so scores depend only on the (row, column) offset. Text's
+  three equal rows rotate both halves by the 1D position.
   """
-  grid_width: int = 32
   base: float = 10000.0
   layout: str = 'half'
 
   acts_at = (QK,)
-  grid_2d = True
+  position_rows = 3
   translation_invariant = True
 
   def __post_init__(self):
     check_base(self.base)
     _check_layout(self.layout)
-    if not self.grid_width > 0:
-      raise ValueError(f'model.posenc_args.grid_width: got {self.grid_width!r}; '
-                       'allowed: a positive integer')
     _check_head_dim(self, 4)
     super().__post_init__()
 
-  def _rotate(self, x_BxLxHxK, pos_BxL):
+  def _rotate(self, x_BxLxHxK, rows_3xBxL):
     inv_freq_R, _ = rope_inv_freq(self.head_dim // 2, base=self.base)
     rope = functools.partial(apply_rope, inv_freq=inv_freq_R, layout=self.layout)
     half = self.head_dim // 2
-    pos_BxL = pos_BxL.astype(jnp.int32)
-    return jnp.concatenate([
-        rope(x_BxLxHxK[..., :half], pos_BxL // self.grid_width),
-        rope(x_BxLxHxK[..., half:], pos_BxL % self.grid_width)], axis=-1)
+    return jnp.concatenate([rope(x_BxLxHxK[..., :half], rows_3xBxL[1]),
+                            rope(x_BxLxHxK[..., half:], rows_3xBxL[2])], axis=-1)
 
-  def qk(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS):
-    return self._rotate(q_BxLxHxK, qpos_BxL), self._rotate(k_BxSxHxK, kpos_BxS)
+  def qk(self, q_BxLxHxK, k_BxSxHxK, qrows_3xBxL, krows_3xBxS):
+    return self._rotate(q_BxLxHxK, qrows_3xBxL), self._rotate(k_BxSxHxK, krows_3xBxS)

@@ -104,7 +104,9 @@ class Attention(nn.Module):
   encoding: Encoding
 
   @nn.compact
-  def __call__(self, x_BxLxD, pos_BxL, seg_BxL, *, decode: bool = False):
+  def __call__(self, x_BxLxD, pos_BxL, seg_BxL, rows_3xBxL=None, *, decode: bool = False):
+    """``rows_3xBxL``: the position rows an encoding with ``position_rows = 3`` reads in
+    place of ``pos`` (keys are cached rotated, so decoding needs no cached rows)."""
     cfg = self.cfg
     D, H, K = cfg.model_dim, cfg.num_heads, cfg.head_dim
     init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
@@ -114,7 +116,8 @@ class Attention(nn.Module):
             (D, H, K), jnp.float32).astype(cfg.activation_dtype))
         for name in ('query', 'key', 'value'))
     q, k = temperature.qk_norm(self, cfg, q, k, stage='before')
-    q, k = self.encoding.qk(q, k, pos_BxL, pos_BxL)
+    qk_pos = rows_3xBxL if self.encoding.position_rows == 3 else pos_BxL
+    q, k = self.encoding.qk(q, k, qk_pos, qk_pos)
     q, k = temperature.qk_norm(self, cfg, q, k, stage='after')
     k, v, kpos, kseg, kidx, idx, span = self._keys(k, v, pos_BxL, seg_BxL, decode)
     t = temperature.query_temperature(self, cfg, pos_BxL, lambda: blocks.count_allowed(

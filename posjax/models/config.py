@@ -149,6 +149,11 @@ class ModelConfig:
     return layer_pattern.layer_configs(self)
 
   @property
+  def uses_position_rows(self) -> bool:
+    """Some layer's encoding reads position rows ``[3, B, L]`` (``position_rows = 3``)."""
+    return any(layer.encoding_class.position_rows == 3 for layer in self.layer_configs())
+
+  @property
   def activation_dtype(self):
     return DTYPES[self.dtype]
 

@@ -2,7 +2,10 @@
 
 Positions are explicit ``[B, L]`` int arrays threaded through every layer; the
 positional encoding is asked for its hooks (``embed`` at the input, the rest
-inside attention). Encodings that are ``shared_across_layers`` (T5's table,
+inside attention). An encoding with ``position_rows = 3`` (M-RoPE, the 2D ones)
+gets position rows ``[3, B, L]`` (temporal, height, width) instead: the
+``position_rows`` argument (image data gives them), or three copies of the
+positions (text). Encodings that are ``shared_across_layers`` (T5's table,
 absolute tables) are one model-level instance whose variables every block
 receives as an argument; the others get one instance per layer.
 
@@ -21,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from posjax.encodings.base import equal_rows
 from posjax.encodings.randomized import randomized_positions
 from posjax.models.attention import Attention
 from posjax.models.config import ModelConfig
@@ -47,7 +51,7 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, shared, pos, seg):
+  def __call__(self, x, shared, pos, seg, rows):
     cfg = self.cfg
     if cfg.encoding_class.shared_across_layers and shared is not None:
       # Bound to the variables passed in (named, so Attention does not adopt
@@ -57,7 +61,7 @@ class Block(nn.Module):
       enc = cfg.make_encoding('posenc')
     drop = nn.Dropout(cfg.dropout_rate, deterministic=not self.train)
     h = Attention(cfg, enc, name='attention')(_norm(cfg, 'pre_attention_norm')(x), pos, seg,
-                                             decode=self.decode)
+                                             rows, decode=self.decode)
     x = x + drop(h)
     h = _norm(cfg, 'pre_mlp_norm')(x)
     dense = lambda n, axes, name: nn.Dense(  # noqa: E731
@@ -78,10 +82,10 @@ class Period(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, shared, pos, seg):
+  def __call__(self, x, shared, pos, seg, rows):
     for p, layer in enumerate(self.cfg.layer_configs()):
       x = _block(self.cfg)(layer, train=self.train, decode=self.decode,
-                           name=f'layer_{p}')(x, shared, pos, seg)
+                           name=f'layer_{p}')(x, shared, pos, seg, rows)
     return x
 
 
@@ -92,11 +96,11 @@ def _block(cfg: ModelConfig):
   return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
 
 
-def _scan_body(block, x, shared, pos, seg):
-  return block(x, shared, pos, seg), None
+def _scan_body(block, x, shared, pos, seg, rows):
+  return block(x, shared, pos, seg, rows), None
 
 
-def _layer_stack(cfg: ModelConfig, x, shared, pos, seg, *, train: bool, decode: bool):
+def _layer_stack(cfg: ModelConfig, x, shared, pos, seg, rows, *, train: bool, decode: bool):
   """The ``num_layers`` blocks, plain / rematerialised / scanned per ``cfg``; with
   a ``layer_pattern``, layer i is built from entry ``i % len(pattern)`` and the
   scan steps over periods of the pattern."""
@@ -104,7 +108,7 @@ def _layer_stack(cfg: ModelConfig, x, shared, pos, seg, *, train: bool, decode: 
   if not cfg.scan_layers:
     for i in range(cfg.num_layers):
       x = _block(cfg)(layers[i % len(layers)], train=train, decode=decode,
-                      name=f'layer_{i}')(x, shared, pos, seg)
+                      name=f'layer_{i}')(x, shared, pos, seg, rows)
     return x
   step = (_block(cfg)(cfg, train=train, decode=decode, name='layers') if len(layers) == 1 else
           Period(cfg, train=train, decode=decode, name='layers'))
@@ -112,7 +116,7 @@ def _layer_stack(cfg: ModelConfig, x, shared, pos, seg, *, train: bool, decode: 
                  split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
                  length=cfg.num_layers // len(layers),
                  metadata_params={nn.PARTITION_NAME: 'layers'})
-  return scan(step, x, shared, pos, seg)[0]
+  return scan(step, x, shared, pos, seg, rows)[0]
 
 
 class Encoder(nn.Module):
@@ -132,7 +136,9 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, *,
-               train: bool = False, decode: bool = False):
+               position_rows=None, train: bool = False, decode: bool = False):
+    """``position_rows`` ``[3, B, L]``: for encodings with ``position_rows = 3``
+    (not randomized); by default three copies of the (randomized) positions."""
     cfg = self.cfg
     B, L = tokens_BxL.shape
     pos = (jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
@@ -141,15 +147,19 @@ class Encoder(nn.Module):
            else segment_ids_BxL.astype(jnp.int32))
     if cfg.randomized_positions and self.has_rng('positions') and not decode:
       pos = randomized_positions(self.make_rng('positions'), pos, cfg.max_random_position, seg)
+    rows = None
+    if cfg.uses_position_rows:
+      rows = (equal_rows(pos) if position_rows is None else
+              jnp.asarray(position_rows, jnp.int32).reshape(3, B, L))
     x = self.embedding(tokens_BxL)
     shared = None
     if self.posenc is not None:  # Only shared encodings act on the embedding.
-      x = self.posenc.embed(x, pos)  # Also runs its setup: its params exist now.
+      x = self.posenc.embed(x, rows if cfg.encoding_class.position_rows == 3 else pos)  # Also runs its setup: its params exist now.
       shared = self.posenc.variables
     x = x.astype(cfg.activation_dtype)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     x = self.dropout(x, deterministic=not train)
-    x = _layer_stack(cfg, x, shared, pos, seg, train=train, decode=decode)
+    x = _layer_stack(cfg, x, shared, pos, seg, rows, train=train, decode=decode)
     return self.final_norm(x)
 
   def logits(self, x_BxLxD):
@@ -162,10 +172,11 @@ class Decoder(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL, positions=None, segment_ids=None, *,
+  def __call__(self, tokens_BxL, positions=None, segment_ids=None, *, position_rows=None,
                train: bool = False, decode: bool = False):
     encoder = Encoder(self.cfg, name='decoder')
-    x = encoder(tokens_BxL, positions, segment_ids, train=train, decode=decode)
+    x = encoder(tokens_BxL, positions, segment_ids, position_rows=position_rows, train=train,
+                decode=decode)
     if self.cfg.tied_embedding:
       logits = encoder.logits(x)
     else:
@@ -208,9 +219,11 @@ class EncoderClassifier(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL, positions=None, segment_ids=None, *, train: bool = False):
+  def __call__(self, tokens_BxL, positions=None, segment_ids=None, *, position_rows=None,
+               train: bool = False):
     seg = _padding_segments(self.cfg, tokens_BxL, segment_ids)
-    x = Encoder(self.cfg, name='encoder')(tokens_BxL, positions, seg, train=train)
+    x = Encoder(self.cfg, name='encoder')(tokens_BxL, positions, seg,
+                                          position_rows=position_rows, train=train)
     return _Head(self.cfg, name='head')(_pool(self.cfg, x, tokens_BxL))
 
 

@@ -21,6 +21,7 @@ class Dataset:
   tokenize: Callable
   vocab_size: int      # Including a CLS id at ``vocab_size - 1``.
   num_classes: int
+  image: bool = False  # Tokens are an image: batches carry its position rows.
 
 
 def _lra(name: str) -> Callable:
@@ -39,10 +40,10 @@ class Classification(Task):
   model_kind = 'encoder_classifier'
   DATASETS = {
       'listops': Dataset(pipelines.listops_example, len(listops.VOCAB) + 1, 10),
-      'pathfinder32': Dataset(pipelines.pathfinder_example, _PIXELS, 2),
-      'pathfinder128': Dataset(pipelines.pathfinder_example, _PIXELS, 2),
+      'pathfinder32': Dataset(pipelines.pathfinder_example, _PIXELS, 2, image=True),
+      'pathfinder128': Dataset(pipelines.pathfinder_example, _PIXELS, 2, image=True),
       'lra_text': Dataset(_lra('text_example'), _BYTES, 2),
-      'lra_image': Dataset(_lra('image_example'), _PIXELS, 10),
+      'lra_image': Dataset(_lra('image_example'), _PIXELS, 10, image=True),
   }
 
   @property
@@ -78,10 +79,15 @@ class Classification(Task):
         **self._rows(), **self.shard(c.eval_batch_size, process_index, process_count))}
 
   def dummy_batch(self, length):
-    return {'inputs': jnp.zeros((1, length), jnp.int32), 'label': jnp.zeros((1,), jnp.int32)}
+    out = {'inputs': jnp.zeros((1, length), jnp.int32), 'label': jnp.zeros((1,), jnp.int32)}
+    if self.dataset.image:
+      out['position_rows'] = jnp.zeros((1, 3, length), jnp.int32)
+    return out
 
   def model_inputs(self, batch):
-    return (batch['inputs'],), {}
+    if 'position_rows' not in batch:
+      return (batch['inputs'],), {}
+    return (batch['inputs'],), {'position_rows': jnp.moveaxis(batch['position_rows'], 1, 0)}
 
   def labels_and_weights(self, batch):
     labels = batch['label']
