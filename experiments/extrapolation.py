@@ -70,6 +70,15 @@ def extra_runs(L: int) -> dict:
   }
 
 
+def _trained_distances(name: str, L: int) -> dict:
+  """A bucketed bias whose ``max_distance`` exceeds the training length L has buckets
+  that training never reaches (T5 at local scale: L = 64, default 128); they keep
+  their init and lift the bias at long lengths. Such encodings get max_distance = L,
+  as at the paper's L = 512 >= 128 every bucket is trained."""
+  default = getattr(encodings.get(name), 'max_distance', None)
+  return {'model.posenc_args.max_distance': L} if isinstance(default, int) and default > L else {}
+
+
 def runs(scale: str) -> list[runner.Run]:
   s = SCALES[scale]
   lengths = tuple(s['seq_len'] * f for f in s['factors'])
@@ -77,7 +86,8 @@ def runs(scale: str) -> list[runner.Run]:
   out = []
   for name in encodings.names():
     bounded = encodings.get(name).bounded_by_max_len
-    overrides = {**base, 'model.max_len': max(lengths) if bounded else s['seq_len']}
+    overrides = {**base, 'model.max_len': max(lengths) if bounded else s['seq_len'],
+                 **_trained_distances(name, s['seq_len'])}
     out.append(runner.Run(name=name, config='configs/lm.py',
                                arg=f'posenc={name},{s["arg"]}', overrides=overrides,
                                note=LEARNED_NOTE if bounded else ''))

@@ -165,10 +165,12 @@ def _image_rows(B, L, width=4):
   return jnp.broadcast_to(jnp.asarray(rows)[:, None], (3, B, L))
 
 
-@pytest.mark.parametrize('posenc', NAMES)
+@pytest.mark.parametrize('posenc', ['rope'] + [n for n in NAMES
+                                              if encodings.get(n).position_rows == 3])
 def test_position_rows_flag(posenc):
   """An encoding with position_rows = 3 reads the rows (text's default: three
-  copies of the positions); the others ignore them."""
+  copies of the positions); the others (rope stands for them: the model drops the
+  rows unless ``cfg.uses_position_rows``) ignore them."""
   cls = encodings.get(posenc)
   cfg = _cfg(posenc, num_layers=1)
   assert cfg.uses_position_rows == (cls.position_rows == 3)

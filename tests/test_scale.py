@@ -18,13 +18,17 @@ def _cfg(posenc='rope', **kw):
   return models.ModelConfig(**{**base, **kw})
 
 
+COVER = ('none', 'learned', 't5', 'rope', 'alibi', 'cope', 'transformer_xl', 'shaw')
+
+
 def _representatives():
-  """One encoding per way of acting (embed / qk / bias / carry / values / shared)."""
+  """One encoding per way of acting (embed / qk / bias / carry / values / shared /
+  position rows), the classic ones first."""
   picked = {}
-  for name in encodings.names():
+  for name in (*COVER, *encodings.names()):
     cls = encodings.get(name)
     has_carry = cls.init_carry is not encodings.Encoding.init_carry
-    key = (cls.acts_at, cls.shared_across_layers, has_carry)
+    key = (cls.acts_at, cls.shared_across_layers, has_carry, cls.position_rows)
     picked.setdefault(key, name)
   return sorted(picked.values())
 
@@ -89,8 +93,7 @@ def _assert_same(outputs, cfg, variant):
 
 
 def test_representatives_cover_every_way_of_acting():
-  assert {'none', 'learned', 't5', 'rope', 'alibi', 'cope', 'transformer_xl', 'shaw'} <= set(
-      REPRESENTATIVES)
+  assert set(COVER) | {'mrope'} <= set(REPRESENTATIVES)
 
 
 @pytest.mark.parametrize('posenc', REPRESENTATIVES)

@@ -86,6 +86,9 @@ class Encoding(nn.Module):
   # The model's output is unchanged when every position (every position row) is
   # shifted by the same amount.
   translation_invariant: ClassVar[bool] = False
+  # ``qk`` returns q and k with this many times ``head_dim`` channels (PoPE: 2);
+  # v keeps ``head_dim``. cuDNN's kernel needs them equal.
+  qk_width: ClassVar[int] = 1
   # 1: hooks get positions ``[B, L]``; 3: they get rows ``[3, B, L]`` (temporal,
   # height, width) and act only at EMBED or QK (checked at registration).
   position_rows: ClassVar[int] = 1

@@ -119,15 +119,34 @@ class T5Bias(Encoding):
 
 @register('alibi')
 class ALiBi(Encoding):
-  """``-slope_h * |k - q|`` with the paper's fixed slopes; no parameters."""
+  """``-slope_h * |k - q|`` with the paper's fixed slopes; no parameters.
+
+  ``num_alibi_heads`` (None: all): only the first ``num_alibi_heads`` heads are
+  biased, with the slopes of that many heads, and the others get slope 0, as
+  x-transformers' ``alibi_num_heads`` (its ``AlibiPositionalBias`` pads the bias
+  of the remaining heads with zeros).
+  """
+  num_alibi_heads: int | None = None
+
   acts_at = (BIAS,)
   translation_invariant = True
   bias_from_positions = True
   bias_in_kernel = True
 
+  def __post_init__(self):
+    super().__post_init__()
+    n = self.num_alibi_heads
+    _check(n is None or (isinstance(n, int) and 1 <= n <= self.num_heads), 'num_alibi_heads',
+           f'None (all heads) or an integer in [1, num_heads = {self.num_heads}]', n)
+
+  def slopes(self) -> Array:
+    """``[num_heads]`` float32: ALiBi's slopes for the biased heads, then zeros."""
+    n = self.num_heads if self.num_alibi_heads is None else self.num_alibi_heads
+    return jnp.concatenate([alibi_slopes(n), jnp.zeros(self.num_heads - n, jnp.float32)])
+
   def bias(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS, mask_BxLxS, carry):
     del q_BxLxHxK, k_BxSxHxK, mask_BxLxS
-    slope_H = per_head(alibi_slopes(self.num_heads))
+    slope_H = per_head(self.slopes())
     return -slope_H[:, None, None] * _distance(qpos_BxL, kpos_BxS), carry
 
 

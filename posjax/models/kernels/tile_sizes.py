@@ -53,6 +53,12 @@ def _platform() -> str:
   return pt.PLATFORM or jax.default_backend()
 
 
+def _qk_dim(cfg) -> int:
+  """The widest q/k head any layer's encoding gives (its ``qk_width`` x head dim): the
+  shared-memory estimate counts it for q, k and v (an upper bound)."""
+  return cfg.head_dim * max(layer.encoding_class.qk_width for layer in cfg.layer_configs())
+
+
 def _why_not(cfg, block: int, length: int) -> str | None:
   """Why a forced ``pallas`` tile cannot run here (None: it can)."""
   platform = _platform()
@@ -63,10 +69,10 @@ def _why_not(cfg, block: int, length: int) -> str | None:
   if block < 16 or block & (block - 1):
     return 'Triton needs power-of-two tiles of at least 16'
   itemsize, limit = jnp.dtype(cfg.activation_dtype).itemsize, smem_limit()
-  need = max(pt.smem_bytes(block, block, cfg.head_dim, itemsize).values())
+  need = max(pt.smem_bytes(block, block, _qk_dim(cfg), itemsize).values())
   if need > limit:
     return (f'its kernels need {need // 1024} KiB of shared memory per program at head dim '
-            f'{cfg.head_dim} in {cfg.dtype}, over this GPU\'s {limit // 1024} KiB')
+            f'{_qk_dim(cfg)} in {cfg.dtype}, over this GPU\'s {limit // 1024} KiB')
   return None
 
 
@@ -84,5 +90,5 @@ def tiles(cfg, impl: str, length: int) -> tuple[int, int]:
 
 def _auto(cfg, impl: str) -> tuple[int, int]:
   if impl == 'pallas' and _platform() == 'gpu':
-    return gpu_tiles(cfg.head_dim, jnp.dtype(cfg.activation_dtype).itemsize, smem_limit())
+    return gpu_tiles(_qk_dim(cfg), jnp.dtype(cfg.activation_dtype).itemsize, smem_limit())
   return AUTO, AUTO

@@ -71,6 +71,9 @@ def why_not(kernel: str, mcfg, length: int | None = None) -> str | None:
     return (f'posenc={mcfg.posenc} acts at {", ".join(sorted(hooks))}, which {kernel} cannot '
             'take (use flash)')
   length = mcfg.max_len if length is None else length
+  if kernel == 'cudnn' and cls.qk_width != 1:
+    return (f'posenc={mcfg.posenc} widens q and k to {cls.qk_width}x the head dim of v, '
+            'which cudnn cannot take (use flash)')
   if kernel == 'cudnn':
     if mcfg.dtype not in CUDNN_DTYPES:
       return f'cudnn needs model.dtype in {", ".join(CUDNN_DTYPES)}; got {mcfg.dtype}'
