@@ -55,7 +55,8 @@ SCALES = {
 # arch presets, windows / chunks of L/4, 4 or 6 layers), their controls (RoPE with
 # the same window alone; RoPE at 4 layers) and options: name -> (config argument,
 # overrides) for training length L. p-RoPE keeps the highest 75 % of RoPE's
-# frequencies (Barbero et al. 2025); ssmax is Scalable-Softmax (Nakanishi 2025).
+# frequencies (Barbero et al. 2025); ssmax is Scalable-Softmax (Nakanishi 2025); ALiBi
+# on 2 heads only, the others unbiased (x-transformers' ``alibi_num_heads``).
 def extra_runs(L: int) -> dict:
   return {
       'arch-irope': (f'arch=irope,window={L // 4}', {}),
@@ -67,6 +68,7 @@ def extra_runs(L: int) -> dict:
       'rope-p0.75': ('posenc=rope', {'model.posenc_args.scaling.type': 'proportional',
                                      'model.posenc_args.scaling.fraction': 0.75}),
       'rope-ssmax': ('posenc=rope', {'model.temperature': 'ssmax'}),
+      'alibi-2heads': ('posenc=alibi', {'model.posenc_args.num_alibi_heads': 2}),
   }
 
 

@@ -87,7 +87,7 @@ def test_sandwich_is_zero_at_distance_zero_and_decays(dim, monotone_to):
   """From a query at 3000 over keys 0..6000: 0 at distance 0 and below 0 elsewhere,
   the same on both sides, strictly decreasing over the first distances (the
   sum's high frequencies ripple beyond: 32 at d = 8, 13 at d = 128, numpy's
-  float64 ``ref_sandwich`` agrees) and far below its start at the far end."""
+  float64 ``ref_sandwich`` agrees) and, on average, far below them at the far end."""
   args = {} if dim is None else {'dim': dim}
   for causal in (True, False):
     _, bias = init_and_bias(make('sandwich', causal, **args), [[3000]], [np.arange(6001)])
@@ -96,10 +96,10 @@ def test_sandwich_is_zero_at_distance_zero_and_decays(dim, monotone_to):
     np.testing.assert_array_equal(past, future)
     assert (past[:, 0] == 0).all() and (past[:, 1:] < 0).all()
     assert (np.diff(past[:, :monotone_to + 1], axis=-1) < 0).all()
-    assert (past[:, -1000:].max(-1) < past[:, monotone_to]).all()
+    assert (past[:, -1000:].mean(-1) < 2 * past[:, :monotone_to + 1].mean(-1)).all()
     # Heads scale as 1 / n: head n's bias is head 1's divided by n.
     np.testing.assert_allclose(past[:, 1:] * np.arange(1, H + 1)[:, None],
-                               np.broadcast_to(past[:1, 1:], (H, 6000)), rtol=1e-5)
+                               np.broadcast_to(past[:1, 1:], past[:, 1:].shape), rtol=1e-5)
 
 
 @pytest.mark.parametrize('name', ['sandwich', 'dynamic_position_bias'])
@@ -215,3 +215,50 @@ def test_bad_hyperparameters_raise_one_line_errors(name, args, field):
   with pytest.raises(ValueError, match=rf'model\.posenc_args\.{field}\b') as e:
     make(name, **args)
   assert '\n' not in str(e.value) and 'allowed' in str(e.value)
+
+
+# The Pallas kernels compute these biases in-kernel; the model spec
+# (tests/test_models.py) runs them dense and blockwise only. Mosaic's grid walk
+# by default, Triton's loop walk (~14 s each) with --runslow.
+PALLAS = [pytest.param(name, args, grid, id=f'{name}{"-" + str(args) if args else ""}-'
+                       f'{"grid" if grid else "loop"}', marks=() if grid else pytest.mark.slow)
+          for name, args in (('sandwich', {}), ('dynamic_position_bias', {'log_distance': True}),
+                             ('alibi', {'num_alibi_heads': 1}))
+          for grid in (False, True)]
+
+
+@pytest.mark.parametrize('name,args,grid', PALLAS)
+def test_pallas_kernels_equal_dense(name, args, grid, monkeypatch):
+  """Values and gradients (dq, dk, dv and the MLP's) of a one-layer decoder on
+  packed rows, tiles of 4, in Pallas interpret mode, against dense attention:
+  inner tiles in a loop (Triton's walk) and as a grid axis (Mosaic's)."""
+  from test_flash import _close, _loss_and_grads
+  from test_models import _cfg, _params
+  from posjax.models.kernels import pallas_tiles
+  from posjax.training import validation
+  monkeypatch.setattr(pallas_tiles, 'GRID', grid)
+  monkeypatch.setenv('POSJAX_EMULATE_KERNELS', '1')
+  cfg = _cfg(name, num_layers=1, block_size=4, posenc_args=args)
+  validation._check_attention(cfg.replace(attention='pallas'))
+  tokens = jax.random.randint(jax.random.key(3), (2, 13), 4, 40)
+  pos = jnp.asarray([list(range(13)), list(range(6)) + list(range(7))], jnp.int32)
+  seg = jnp.asarray([[1] * 13, [1] * 6 + [2] * 7], jnp.int32)
+  params = _params(cfg, tokens.shape, 0)
+  ld, gd = _loss_and_grads(cfg, params, tokens, pos, seg)
+  lp, gp = _loss_and_grads(cfg.replace(attention='pallas'), params, tokens, pos, seg)
+  _close(ld, lp)
+  jax.tree.map(_close, gd, gp)
+
+
+@pytest.mark.parametrize('platform', ['gpu', 'tpu'])
+def test_alibi_on_a_subset_of_heads_lowers(platform, monkeypatch):
+  from test_lowering import TRITON, _lowered
+  from posjax.models.kernels import pallas_tiles
+  if platform == 'tpu':
+    from jax._src.pallas.mosaic import tpu_info  # (Private, as tests/test_lowering.py.)
+    monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind,
+                        lambda: tpu_info.get_tpu_info_for_chip(tpu_info.ChipVersion.TPU_V5P, 1))
+  monkeypatch.setattr(pallas_tiles, 'PLATFORM', platform)
+  lowered = _lowered('alibi', 'pallas', {'gpu': 'cuda', 'tpu': 'tpu'}[platform],
+                     num_alibi_heads=2)
+  assert lowered.count({'gpu': TRITON, 'tpu': 'tpu_custom_call'}[platform]) >= 3

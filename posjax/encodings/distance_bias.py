@@ -51,8 +51,8 @@ class Sandwich(Encoding):
   Length Extrapolation via the Lens of Receptive Field Analysis", arXiv 2212.10356):
   the inner product of the sinusoidal embeddings of the query and key positions,
   ``p_m . p_n = sum_{i=1..d/2} cos((m - n) / base^(2i/d))``, minus its value at
-  distance 0 (d / 2), divided per head by ALiBi's ``h_n = 8 n / H`` (the paper's
-  figure 1: "the range of h is n * 8 / H, n = 1..H"):
+  distance 0 (d / 2), divided per head by ALiBi's ``h_n = 8 n / H`` (as the paper
+  writes ALiBi's heads in its first figure, "the range of h is n * 8 / H"):
 
     bias_n(m, n') = (p_m . p_n' - d / 2) * H / (8 n).
 

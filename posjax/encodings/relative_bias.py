@@ -13,6 +13,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from posjax.encodings.base import (BIAS, Array, Encoding, lookup, per_head, relative,
                                    scalar_mlp)
@@ -47,11 +48,16 @@ def t5_relative_position_bucket(relative_position: Array, *, bidirectional: bool
 
 def alibi_slopes(num_heads: int) -> Array:
   """ALiBi's per-head slopes ``[num_heads]`` (the paper's ``get_slopes``)."""
+  return jnp.asarray(_slopes(num_heads), jnp.float32)
+
+
+def _slopes(num_heads: int) -> np.ndarray:
+  """``alibi_slopes`` as static float32 numpy (a constant, also inside a trace)."""
   if num_heads < 1:
     raise ValueError(f'alibi_slopes: num_heads must be >= 1, got {num_heads}')
   geometric = lambda n: [2 ** (-8 * (i + 1) / n) for i in range(n)]
   p = 2 ** int(math.floor(math.log2(num_heads)))
-  return jnp.asarray(geometric(p) + geometric(2 * p)[::2][:num_heads - p], jnp.float32)
+  return np.asarray(geometric(p) + geometric(2 * p)[::2][:num_heads - p], np.float32)
 
 
 def _distance(qpos_BxL: Array, kpos_BxS: Array) -> Array:
@@ -142,7 +148,8 @@ class ALiBi(Encoding):
   def slopes(self) -> Array:
     """``[num_heads]`` float32: ALiBi's slopes for the biased heads, then zeros."""
     n = self.num_heads if self.num_alibi_heads is None else self.num_alibi_heads
-    return jnp.concatenate([alibi_slopes(n), jnp.zeros(self.num_heads - n, jnp.float32)])
+    # Static (numpy): a constant of the kernels, no zero-size concatenate in them.
+    return jnp.asarray(np.pad(_slopes(n), (0, self.num_heads - n)))
 
   def bias(self, q_BxLxHxK, k_BxSxHxK, qpos_BxL, kpos_BxS, mask_BxLxS, carry):
     del q_BxLxHxK, k_BxSxHxK, mask_BxLxS
