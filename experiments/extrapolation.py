@@ -56,7 +56,8 @@ SCALES = {
 # the same window alone; RoPE at 4 layers) and options: name -> (config argument,
 # overrides) for training length L. p-RoPE keeps the highest 75 % of RoPE's
 # frequencies (Barbero et al. 2025); ssmax is Scalable-Softmax (Nakanishi 2025); ALiBi
-# on 2 heads only, the others unbiased (x-transformers' ``alibi_num_heads``).
+# on 2 heads only, the others unbiased (x-transformers' ``alibi_num_heads``);
+# stick-breaking attention with no encoding, as Tan et al. 2025 run it.
 def extra_runs(L: int) -> dict:
   return {
       'arch-irope': (f'arch=irope,window={L // 4}', {}),
@@ -69,6 +70,7 @@ def extra_runs(L: int) -> dict:
                                      'model.posenc_args.scaling.fraction': 0.75}),
       'rope-ssmax': ('posenc=rope', {'model.temperature': 'ssmax'}),
       'alibi-2heads': ('posenc=alibi', {'model.posenc_args.num_alibi_heads': 2}),
+      'stick_breaking': ('posenc=none', {'model.normalizer': 'stick_breaking'}),
   }
 
 

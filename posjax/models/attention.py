@@ -42,6 +42,10 @@ def choose(cfg: ModelConfig, num_queries: int, num_keys: int) -> str:
   keys) takes dense or flash by the key count, even when a kernel is named.
   """
   chosen, why = cfg.attention, 'named'
+  linear = 'flash'  # The linear-memory choice above AUTO_DENSE_MAX keys.
+  if cfg.normalizer == 'stick_breaking':  # (ModelConfig allows auto, dense, blockwise.)
+    linear, why = 'blockwise', 'stick-breaking: dense or blockwise'
+    chosen = None if chosen == 'auto' else chosen
   if chosen == 'auto':
     kernel = vendor.for_platform()
     why = vendor.why_not(kernel, cfg, num_keys) if kernel else 'no fused kernel here'
@@ -49,8 +53,8 @@ def choose(cfg: ModelConfig, num_queries: int, num_keys: int) -> str:
   if chosen in vendor.PLATFORMS and num_queries != num_keys:
     chosen, why = None, 'cached decoding'
   if chosen is None:
-    chosen = 'dense' if num_keys <= AUTO_DENSE_MAX else 'flash'
-    why = f'{why}; dense up to {AUTO_DENSE_MAX} keys, flash above'
+    chosen = 'dense' if num_keys <= AUTO_DENSE_MAX else linear
+    why = f'{why}; dense up to {AUTO_DENSE_MAX} keys, {linear} above'
   if (cfg.attention, num_keys, chosen) not in _announced:
     _announced.add((cfg.attention, num_keys, chosen))
     logging.info('attention=%s: %s for %d keys on %s (%s)', cfg.attention, chosen, num_keys,
@@ -60,13 +64,13 @@ def choose(cfg: ModelConfig, num_queries: int, num_keys: int) -> str:
 
 def _dense(cfg: ModelConfig, *args, span, sink):
   return blockwise.attend(*args, span=span, block_size=None, scale=cfg.head_dim ** -0.5,
-                          sink_H=sink)
+                          sink_H=sink, normalizer=cfg.normalizer)
 
 
 def _blockwise(cfg: ModelConfig, *args, span, sink):
   block, _ = tile_sizes.tiles(cfg, 'blockwise', args[1].shape[1])
   return blockwise.attend(*args, span=span, block_size=block, scale=cfg.head_dim ** -0.5,
-                          sink_H=sink)
+                          sink_H=sink, normalizer=cfg.normalizer)
 
 
 def _flash(cfg: ModelConfig, *args, span, sink):

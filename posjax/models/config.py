@@ -18,6 +18,8 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # posjax/models/transformer.py REMAT_POLICIES.
 REMATS = ('none', 'full', 'dots')
 SINKS = ('none', 'learned')
+# Attention weights: softmax, or stick-breaking (Tan et al. 2025; dense / blockwise only).
+NORMALIZERS = ('softmax', 'stick_breaking')
 
 
 def _check(ok: bool, field: str, allowed: str, value: Any):
@@ -59,6 +61,7 @@ class ModelConfig:
   sinks: str = 'none'         # 'learned': one learned logit per head in the softmax (gpt-oss)
   sink_tokens: int = 0        # StreamingLLM: keys at positions < k always visible (per document)
   layer_pattern: tuple = ()   # per-layer overrides, repeated (models/layer_pattern.py)
+  normalizer: str = 'softmax'  # softmax, stick_breaking (kernels/stick_breaking.py)
 
   def __post_init__(self):
     _check(self.kind in KINDS, 'kind', ', '.join(KINDS), self.kind)
@@ -78,6 +81,7 @@ class ModelConfig:
       _check(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f,
              'an integer >= 0 (0: off)', getattr(self, f))
     _check(self.sinks in SINKS, 'sinks', ', '.join(SINKS), self.sinks)
+    self._check_normalizer()
     for f in ('vocab_size', 'num_layers', 'num_heads', 'model_dim', 'mlp_dim',
               'max_len', 'max_random_position', 'num_classes'):
       _check(getattr(self, f) > 0, f, 'a positive integer', getattr(self, f))
@@ -89,6 +93,14 @@ class ModelConfig:
              f'>= max_len={self.max_len}', self.max_random_position)
     self.make_encoding()  # Validates posenc and posenc_args eagerly.
     self.layer_configs()  # Validates layer_pattern.
+
+  def _check_normalizer(self):
+    _check(self.normalizer in NORMALIZERS, 'normalizer', ', '.join(NORMALIZERS), self.normalizer)
+    if self.normalizer == 'stick_breaking':
+      _check(self.attention in ('auto', 'dense', 'blockwise'), 'attention',
+             'auto, dense, blockwise with normalizer=stick_breaking', self.attention)
+      _check(self.sinks == 'none', 'sinks', "'none' with normalizer=stick_breaking (the "
+             'weights need not sum to 1 already)', self.sinks)
 
   def _check_temperature(self):
     from posjax.models import temperature as t

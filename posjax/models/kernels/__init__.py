@@ -3,6 +3,7 @@
 
   blocks        the shared block math: masks, the hook calls, the online softmax, tiles
   blockwise     ``dense`` (the reference) and ``blockwise`` (scan over key blocks)
+  stick_breaking  the stick-breaking normalizer's block (``model.normalizer``)
   flash         queries and keys tiled, empty tiles skipped, a custom VJP
   pallas        flash as Pallas kernels (Triton / Mosaic), the bias computed inside
   pallas_tiles  what the Pallas kernels share: tile walks, block specs, the bias as

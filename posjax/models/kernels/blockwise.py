@@ -1,7 +1,8 @@
 """Softmax attention over all keys at once (``dense``, the reference, which also
 returns the probabilities) or scanned over key blocks with an online softmax
 (``blockwise``: no ``[H, L, S]`` array of the full length exists, so memory grows
-linearly with length). Both are ``blocks.block`` applied once or per key block.
+linearly with length). Both are ``blocks.block`` applied once or per key block;
+``normalizer='stick_breaking'`` applies ``stick_breaking.block`` the same way.
 """
 from __future__ import annotations
 
@@ -11,13 +12,38 @@ import jax
 import jax.numpy as jnp
 
 from posjax.encodings.base import Encoding
+from posjax.models.kernels import stick_breaking
 from posjax.models.kernels.blocks import NEG, allowed, block
 from posjax.models.kernels.span import Span
 
 
+def _softmax_init(enc: Encoding, q_BxLxHxK, Kv: int, sink_H):
+  B, L, H, _ = q_BxLxHxK.shape
+  m0, l0 = (NEG, 0.0) if sink_H is None else (sink_H[None, :, None], 1.0)
+  return (jnp.broadcast_to(m0, (B, H, L)).astype(jnp.float32),
+          jnp.full((B, H, L), l0, jnp.float32), jnp.zeros((B, L, H, Kv), jnp.float32),
+          enc.init_carry(q_BxLxHxK))
+
+
+def _softmax_finish(state, p):
+  """The output ``[B, L, H, Kv]`` float32 and the probabilities of one dense block."""
+  _, l, acc, _ = state
+  probs = None if p is None else p / jnp.where(l == 0, 1.0, l)[..., None]
+  l = jnp.swapaxes(l, 1, 2)[..., None]
+  return acc / jnp.where(l == 0, 1.0, l), probs
+
+
+# normalizer -> (initial state, one key block, output of the final state).
+NORMALIZERS = {
+    'softmax': (_softmax_init, block, _softmax_finish),
+    'stick_breaking': (lambda enc, q, Kv, sink: stick_breaking.init(enc, q, Kv),
+                       stick_breaking.block, stick_breaking.finish),
+}
+
+
 def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
            qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, *, span: Span,
-           block_size: int | None, scale: float, sink_H=None):
+           block_size: int | None, scale: float, sink_H=None, normalizer: str = 'softmax'):
   """Softmax attention with the encoding's bias / values hooks.
 
   ``block_size=None`` is dense (one block); otherwise keys are padded to a
@@ -25,19 +51,16 @@ def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
   Returns ``[B, L, H, Kv]`` in v's dtype, and in one dense block also the
   probabilities ``[B, H, L, S]`` float32 (None for blockwise). ``sink_H``: a
   learned logit per head in every row's softmax (float32 ``[H]``), the online
-  softmax's starting state (max ``sink``, sum 1).
+  softmax's starting state (max ``sink``, sum 1). ``normalizer``: a key of
+  ``NORMALIZERS`` (stick-breaking's weights come back as the probabilities).
   """
-  B, L, H, _ = q_BxLxHxK.shape
-  Kv = v_BxSxHxK.shape[-1]
-  m0, l0 = (NEG, 0.0) if sink_H is None else (sink_H[None, :, None], 1.0)
-  init = (jnp.broadcast_to(m0, (B, H, L)).astype(jnp.float32),
-          jnp.full((B, H, L), l0, jnp.float32), jnp.zeros((B, L, H, Kv), jnp.float32),
-          enc.init_carry(q_BxLxHxK))
-  step = functools.partial(block, enc, q_BxLxHxK, scale=scale)
+  B = q_BxLxHxK.shape[0]
+  start, one_block, finish = NORMALIZERS[normalizer]
+  init = start(enc, q_BxLxHxK, v_BxSxHxK.shape[-1], sink_H)
+  step = functools.partial(one_block, enc, q_BxLxHxK, scale=scale)
   if block_size is None or block_size >= k_BxSxHxK.shape[1]:
     mask = allowed(qidx_BxL, kidx_BxS, qseg_BxL, kseg_BxS, span, qpos_BxL, kpos_BxS)
-    (_, l, acc, _), p = step(k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, mask, init)
-    probs = p / jnp.where(l == 0, 1.0, l)[..., None]
+    state, p = step(k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, mask, init)
   else:
     S = k_BxSxHxK.shape[1]
     n = -(-S // block_size)
@@ -55,7 +78,6 @@ def attend(enc: Encoding, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS,
       mask = allowed(qidx_BxL, kidx, qseg_BxL, kseg, span, qpos_BxL, kpos)
       return step(k, v, qpos_BxL, kpos, mask, carry)[0], None
 
-    (_, l, acc, _), _ = jax.lax.scan(body, init, xs)
-    probs = None
-  l = jnp.swapaxes(l, 1, 2)[..., None]
-  return (acc / jnp.where(l == 0, 1.0, l)).astype(v_BxSxHxK.dtype), probs
+    state, p = jax.lax.scan(body, init, xs)[0], None
+  out, probs = finish(state, p)
+  return out.astype(v_BxSxHxK.dtype), probs
