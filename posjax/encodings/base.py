@@ -5,6 +5,11 @@ no-op default, so attention calls every hook unconditionally and never branches
 on encoding names:
 
   embed(x, positions)                         absolute: added to the input embedding
+  tokens(x)                                   per-token values from the layer's input,
+                                              ``[B, L, H, F]``: they ride as F extra key
+                                              channels (zero query channels, so q . k is
+                                              unchanged), cached and tiled with the keys,
+                                              and ``bias`` reads them from k
   qk(q, k, q_pos, k_pos)                      rotary: transforms q and k (may append channels)
   bias(q, k, q_pos, k_pos, mask, carry)       additive float32 logit bias for one key block
   values(p, q_pos, k_pos)                     relative value vectors: sum_j p_ij a_{ij}
@@ -46,7 +51,7 @@ Array = Any
 
 # Where an encoding acts, each the name of its hook method. ``registry.register``
 # checks that the hooks a class overrides are exactly the ones it declares.
-EMBED, QK, BIAS, VALUES = 'embed', 'qk', 'bias', 'values'
+EMBED, TOKENS, QK, BIAS, VALUES = 'embed', 'tokens', 'qk', 'bias', 'values'
 # Helpers of a hook, overridable only together with it.
 HOOK_HELPERS = {'init_carry': BIAS}
 
@@ -108,6 +113,12 @@ class Encoding(nn.Module):
   def embed(self, x_BxLxD: Array, pos_BxL: Array) -> Array:
     del pos_BxL
     return x_BxLxD
+
+  def tokens(self, x_BxLxD: Array) -> Array | None:
+    """Per-token values ``[B, L, H, F]`` float32 from the attention layer's input (or
+    None); the model appends them to the keys after ``qk`` (``k[..., K:]`` in ``bias``)."""
+    del x_BxLxD
+    return None
 
   def qk(self, q_BxLxHxK: Array, k_BxSxHxK: Array, qpos_BxL: Array,
          kpos_BxS: Array) -> tuple[Array, Array]:

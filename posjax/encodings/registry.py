@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from posjax.encodings.base import BIAS, EMBED, HOOK_HELPERS, QK, VALUES, Encoding
+from posjax.encodings.base import BIAS, EMBED, HOOK_HELPERS, QK, TOKENS, VALUES, Encoding
 
 _REGISTRY: dict[str, type[Encoding]] = {}
-_HOOKS = (EMBED, QK, BIAS, VALUES)  # Each the name of its method.
+_HOOKS = (EMBED, TOKENS, QK, BIAS, VALUES)  # Each the name of its method.
 
 
 def overridden_hooks(cls: type[Encoding]) -> set[str]:

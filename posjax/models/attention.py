@@ -101,6 +101,16 @@ IMPLEMENTATIONS = {'dense': _dense, 'blockwise': _blockwise, 'flash': _flash,
                    'pallas': _pallas, 'cudnn': _vendor('cudnn'), 'splash': _vendor('splash')}
 
 
+def _with_tokens(q, k, tokens_BxLxHxF):
+  """The encoding's per-token values as F extra key channels, zeros on the queries
+  (q . k unchanged): tiled and cached with the keys, read by ``bias`` from k."""
+  if tokens_BxLxHxF is None:
+    return q, k
+  zeros = jnp.zeros(q.shape[:-1] + tokens_BxLxHxF.shape[-1:], q.dtype)
+  return (jnp.concatenate([q, zeros], -1),
+          jnp.concatenate([k, tokens_BxLxHxF.astype(k.dtype)], -1))
+
+
 class Attention(nn.Module):
   """Self-attention with an optional KV cache for autoregressive decoding
   (``models.cache``), over the keys ``cfg.span`` allows (``kernels.span``)."""
@@ -123,6 +133,7 @@ class Attention(nn.Module):
     qk_pos = rows_3xBxL if self.encoding.position_rows == 3 else pos_BxL
     q, k = self.encoding.qk(q, k, qk_pos, qk_pos)
     q, k = temperature.qk_norm(self, cfg, q, k, stage='after')
+    q, k = _with_tokens(q, k, self.encoding.tokens(x_BxLxD))
     k, v, kpos, kseg, kidx, idx, span = self._keys(k, v, pos_BxL, seg_BxL, decode)
     t = temperature.query_temperature(self, cfg, pos_BxL, lambda: blocks.count_allowed(
         idx, kidx, seg_BxL, kseg, span, pos_BxL, kpos))
