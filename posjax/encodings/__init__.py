@@ -18,3 +18,4 @@ from posjax.encodings import dape  # noqa: F401  (registration)
 from posjax.encodings.pope import apply_pope, pope_inv_freq
 from posjax.encodings.randomized import randomized_positions
 from posjax.encodings import forgetting  # noqa: F401  (registration)
+from posjax.encodings import path  # noqa: F401  (registration)

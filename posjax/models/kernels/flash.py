@@ -243,9 +243,14 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
 
     dcarry0 = None if carries is None else jax.tree.map(lambda b: jnp.zeros_like(b[0]), carries)
     dq0 = jnp.zeros(jnp.swapaxes(q, 1, 2).shape, _f32)
-    dq, dk_all, dv_all, dvars, _ = jax.lax.fori_loop(
+    dq, dk_all, dv_all, dvars, dcarry = jax.lax.fori_loop(
         first, end, key_tile, (dq0, dk_all, dv_all, dvars, dcarry0))
-    return (dk_all, dv_all, dvars), jnp.swapaxes(dq, 1, 2)
+    dq = jnp.swapaxes(dq, 1, 2)
+    if carries is not None:  # The first carry may depend on q and the variables (PaTH's).
+      _, vjp_init = jax.vjp(lambda q, v: _Hooks(module, v).init_carry(q), q, variables)
+      dq_init, dvars_init = vjp_init(dcarry)
+      dq, dvars = dq + dq_init.astype(_f32), jax.tree.map(jnp.add, dvars, dvars_init)
+    return (dk_all, dv_all, dvars), dq
 
   key_minor = lambda a: jnp.zeros(jnp.transpose(a, (0, 2, 3, 1)).shape, _f32)  # noqa: E731
   init = (key_minor(x.k), key_minor(x.v), dvars0)
