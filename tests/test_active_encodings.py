@@ -19,6 +19,18 @@ from posjax import encodings, models
 NAMES = encodings.names()
 EMBEDDERS = [n for n in NAMES if encodings.EMBED in encodings.get(n).acts_at]
 LEARNERS = [n for n in NAMES if encodings.get(n).has_params]
+
+
+def _one_per_hook(names, first=('learned', 't5', 'shaw', 'cope', 'transformer_xl', 'fox',
+                                'pope')):
+  """The default run's cases: one encoding per (hooks, shared) kind, the classic ones
+  first; the others (same code paths) with --runslow."""
+  picked = {}
+  for n in (*[f for f in first if f in names], *names):
+    cls = encodings.get(n)
+    picked.setdefault((cls.acts_at, cls.shared_across_layers), n)
+  return [n if n in picked.values() else pytest.param(n, marks=pytest.mark.slow)
+          for n in names]
 V, B, L, STEPS, LR = 32, 16, 32, 40, 3e-3
 # An absolute term below this fraction of the token embedding's norm is
 # drowned out (the learned table at std 0.02 gave 0.02; now 0.5; sinusoids 0.71).
@@ -128,7 +140,7 @@ def test_learned_beats_none_on_absolute_targets():
   assert learned[-5:].mean() < none[-5:].mean() - 0.5, (learned[-5:], none[-5:])
 
 
-@pytest.mark.parametrize('posenc', LEARNERS)
+@pytest.mark.parametrize('posenc', _one_per_hook(LEARNERS))
 def test_every_encoding_parameter_moves(posenc):
   """Absolute tables learn the position-keyed targets, the others the previous token."""
   init, trained, _ = _train(posenc, 'absolute' if encodings.EMBED in

@@ -55,7 +55,8 @@ def test_attention_is_the_papers_softmax_with_forget_gates():
                                atol=1e-6)
 
 
-@pytest.mark.parametrize('attention', ['blockwise', 'flash'])
+@pytest.mark.parametrize('attention', [pytest.param('blockwise', marks=pytest.mark.slow),
+                                       'flash'])  # (Flash replays blockwise's carries.)
 def test_implementations_equal_dense_in_values_and_gradients(attention):
   """Blocks of 4 over 10 keys: the carry crosses blocks (and flash's replay)."""
   tokens = _tokens()

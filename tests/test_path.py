@@ -60,7 +60,8 @@ def test_attention_is_the_papers_product_of_householder_matrices():
                                atol=1e-6)
 
 
-@pytest.mark.parametrize('attention', ['blockwise', 'flash'])
+@pytest.mark.parametrize('attention', [pytest.param('blockwise', marks=pytest.mark.slow),
+                                       'flash'])  # (Flash replays blockwise's carries.)
 def test_implementations_equal_dense_in_values_and_gradients(attention):
   tokens = _tokens()
   dense = _cfg()
