@@ -13,12 +13,15 @@ distribution (sequence accuracy on held-in examples of the training lengths 1..N
 below ``LEARNED``): its out-of-distribution numbers say nothing about extrapolation.
 
 Scales (posjax's choices):
-  local: the ``small`` datasets (N=20, built into DIR/tfds automatically), encodings
-         rope and alibi, 2 layers x 64 dims, 4000 steps of batch 8 (packed rows of
-         128), peak rate 1e-3: about 5 minutes a run on 2 CPU cores.
+  local: the ``small`` datasets (N=20, built into DIR/tfds automatically), rope,
+         alibi and the 2024-25 methods (NEW), 2 layers x 64 dims, 4000 steps of
+         batch 8 (packed rows of 128), peak rate 1e-3: about 5 minutes a run on 2
+         CPU cores.
   paper: the ``full`` datasets (N=40, test to 400; build them first, the suite says
          how), Ruoss et al.'s encodings (none, sinusoidal, transformer_xl, rope,
-         alibi), configs/synthetic.py's model and 100k steps.
+         alibi) and NEW, configs/synthetic.py's model and 100k steps.
+An encoding that does not read positions (``reads_positions``: none, cope, fox, path; and
+stick-breaking with none) gets no randomized variant: it would compute the same.
 """
 import os
 import statistics
@@ -27,6 +30,7 @@ import sys
 if __name__ == '__main__':  # This checkout's posjax and configs/, whatever posjax is installed.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from posjax import encodings
 from posjax.analysis import charts
 from posjax.data import synthetic
 from posjax.suites import runner
@@ -39,13 +43,18 @@ DESCRIPTION = ('Deletang et al. 2023 / Ruoss et al. 2023: synthetic tasks x enco
                '10N; mean out-of-distribution sequence accuracy. Ruoss et al. report +12.0% '
                'mean OOD accuracy from randomized positions.')
 LEARNED = 0.9  # In-distribution sequence accuracy below this: the task was not learned.
+# The 2024-25 methods: FoX, PaTH, PoPE, DAPE (over ALiBi), Sandwich, DynamicPositionBias,
+# and stick-breaking attention with no encoding (as Tan et al. 2025 run it).
+NEW = ('fox', 'path', 'pope', 'dape', 'sandwich', 'dynamic_position_bias', 'stick_breaking')
+# Variants that are not an encoding's name: name -> (posenc, overrides).
+VARIANTS = {'stick_breaking': ('none', {'model.normalizer': 'stick_breaking'})}
 SCALES = {
-    'local': dict(size='small', runlocal=True, encodings=('rope', 'alibi'), overrides={
+    'local': dict(size='small', runlocal=True, encodings=('rope', 'alibi') + NEW, overrides={
         'data.data_dir': '{suite_dir}/tfds', 'data.size': 'small', 'num_train_steps': 4_000,
         'warmup_steps': 100, 'batch_size': 8, 'eval_batch_size': 16, 'num_eval_batches': 1,
         'eval_every_steps': 4_000, 'checkpoint_every_steps': 1_000, 'log_every_steps': 200}),
     'paper': dict(size='full', runlocal=False,
-                  encodings=('none', 'sinusoidal', 'transformer_xl', 'rope', 'alibi'),
+                  encodings=('none', 'sinusoidal', 'transformer_xl', 'rope', 'alibi') + NEW,
                   overrides={}),
 }
 
@@ -58,12 +67,13 @@ def runs(scale: str) -> list[runner.Run]:
   s = SCALES[scale]
   out = []
   for task in synthetic.TASKS:
-    for posenc in s['encodings']:
-      for randomized in (False, True):
+    for name in s['encodings']:
+      posenc, extra = VARIANTS.get(name, (name, {}))
+      for randomized in (False, True)[:1 + encodings.get(posenc).reads_positions]:
         arg = f'task={task},posenc={posenc},randomized={randomized},size={s["size"]}'
-        out.append(runner.Run(run_name(task, posenc, randomized), 'configs/synthetic.py',
-                                   arg + (',runlocal' if s['runlocal'] else ''),
-                                   s['overrides']))
+        out.append(runner.Run(run_name(task, name, randomized), 'configs/synthetic.py',
+                              arg + (',runlocal' if s['runlocal'] else ''),
+                              {**s['overrides'], **extra}))
   return out
 
 
@@ -95,9 +105,7 @@ def prepare(suite_dir: str, scale: str, overrides: dict) -> None:
 
 
 def _key(r):
-  """(task, encoding, randomized) of a run from its config (else its name)."""
-  if r.config is not None:
-    return r.config.data.name, r.config.model.posenc, bool(r.config.model.randomized_positions)
+  """(task, encoding or variant, randomized) of a run, from its name."""
   task = next((t for t in synthetic.TASKS if r.name.startswith(t + '-')), r.name)
   rest = r.name[len(task) + 1:]
   return task, rest.removesuffix('-randomized'), rest.endswith('-randomized')

@@ -156,6 +156,11 @@ def test_translation_invariant_flag(posenc):
   apply = _apply(model)
   base, shifted = (apply({'params': params}, tokens, pos + s) for s in (0, 1000))
   assert np.allclose(base, shifted, rtol=1e-4, atol=1e-4) == cls.translation_invariant
+  # Sorted distinct positions with gaps (as randomized positions draw): the output
+  # changes iff the class says it reads positions.
+  gaps = jnp.cumsum(jnp.asarray([[1, 5, 2, 9, 1, 3, 7, 2, 8, 1, 4, 6]] * 2), axis=1)
+  scattered = apply({'params': params}, tokens, gaps[:, :tokens.shape[1]])
+  assert np.allclose(base, scattered, rtol=1e-4, atol=1e-4) != cls.reads_positions
 
 
 def _image_rows(B, L, width=4):

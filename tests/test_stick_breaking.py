@@ -9,7 +9,7 @@ import pytest
 
 from posjax import encodings, models
 from posjax.models import attention
-from posjax.models.kernels import blockwise, stick_breaking
+from posjax.models.kernels import blockwise, stick_breaking, vendor
 from posjax.models.kernels.span import Span
 
 
@@ -69,9 +69,11 @@ def test_weights_are_the_papers_product_and_blockwise_equals_them():
   np.testing.assert_allclose(blocked, dense, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('posenc', ['none', 'alibi', 'cope', 'shaw'])
-def test_blockwise_equals_dense_in_values_and_gradients(posenc):
-  """With the encodings' bias, carry and value hooks (a window of 6 on one case)."""
+@pytest.mark.parametrize('posenc', ['none', 'alibi', 'cope', 'shaw', 'fox'])
+@pytest.mark.parametrize('impl', ['blockwise', 'flash'])
+def test_tiled_equals_dense_in_values_and_gradients(posenc, impl):
+  """Blockwise and flash (tiles of 4 over 10 tokens) with the encodings' bias, carry,
+  value and token hooks (a window of 6 on one case)."""
   tokens = _tokens()
   kw = {'window': 6} if posenc == 'none' else {}
   dense = _cfg(posenc, attention='dense', **kw)
@@ -82,7 +84,7 @@ def test_blockwise_equals_dense_in_values_and_gradients(posenc):
     return (out ** 2).mean(), out
   grad = lambda cfg: jax.jit(jax.value_and_grad(functools.partial(loss, cfg), has_aux=True))  # noqa: E731
   (_, od), gd = grad(dense)(params)
-  (_, ob), gb = grad(dense.replace(attention='blockwise'))(params)
+  (_, ob), gb = grad(dense.replace(attention=impl))(params)
   np.testing.assert_allclose(ob, od, rtol=2e-5, atol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), gd, gb)
   assert all(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(gd))
@@ -122,13 +124,14 @@ def test_packed_documents_stay_separate():
   np.testing.assert_allclose(out[0, 6:], separate[1], rtol=1e-5, atol=1e-5)
 
 
-def test_auto_takes_blockwise_above_the_dense_limit_and_flash_is_refused():
+def test_auto_takes_flash_above_the_dense_limit_and_kernels_are_refused():
   cfg = _cfg()
   assert attention.choose(cfg, 64, 64) == 'dense'
-  assert attention.choose(cfg, 4096, 4096) == 'blockwise'
-  with pytest.raises(ValueError, match=r"^model\.attention: got 'flash'; allowed: auto, dense, "
-                                       r'blockwise with normalizer=stick_breaking$'):
-    _cfg(attention='flash')
+  assert attention.choose(cfg, 4096, 4096) == 'flash'
+  assert 'softmax only' in vendor.why_not('cudnn', cfg)
+  with pytest.raises(ValueError, match=r"^model\.attention: got 'pallas'; allowed: auto, dense, "
+                                       r'blockwise, flash with normalizer=stick_breaking$'):
+    _cfg(attention='pallas')
   with pytest.raises(ValueError, match=r"^model\.sinks: got 'learned'; allowed: 'none'"):
     _cfg(sinks='learned')
   with pytest.raises(ValueError, match=r"^model\.normalizer: got 'sparsemax'; allowed: softmax, "

@@ -46,6 +46,7 @@ class NoPE(_Absolute):
   """No positional encoding (Kazemnejad et al. 2023): identity at every hook."""
   acts_at = ()
   translation_invariant = True
+  reads_positions = False
 
 
 @register('sinusoidal')

@@ -91,6 +91,10 @@ class Encoding(nn.Module):
   # The model's output is unchanged when every position (every position row) is
   # shifted by the same amount.
   translation_invariant: ClassVar[bool] = False
+  # The output depends on the positions at all (False: NoPE, and CoPE / FoX / PaTH, whose
+  # signals come from the tokens): randomized positions change nothing for it, so
+  # the suites skip that variant.
+  reads_positions: ClassVar[bool] = True
   # ``qk`` returns q and k with this many times ``head_dim`` channels (PoPE: 2);
   # v keeps ``head_dim``. cuDNN's kernel needs them equal.
   qk_width: ClassVar[int] = 1

@@ -28,7 +28,8 @@ class CoPE(Encoding):
   """Per-layer position embeddings E ``[npos_max, K]`` shared across heads."""
   npos_max: int = 64
   acts_at = (BIAS,)
-  translation_invariant = True  # Reads no positions at all.
+  translation_invariant = True
+  reads_positions = False  # Its positions come from the gates.
   has_params = True
 
   def __post_init__(self):

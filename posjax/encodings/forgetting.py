@@ -47,6 +47,7 @@ class ForgettingAttention(Encoding):
   key and query (see the module docstring)."""
   acts_at = (TOKENS, BIAS)
   translation_invariant = True
+  reads_positions = False
   has_params = True
 
   def setup(self):

@@ -57,6 +57,7 @@ class PaTH(Encoding):
   acts_at = (TOKENS, BIAS)
   causal_only = True
   translation_invariant = True
+  reads_positions = False
   has_params = True
 
   def __post_init__(self):

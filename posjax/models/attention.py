@@ -43,9 +43,6 @@ def choose(cfg: ModelConfig, num_queries: int, num_keys: int) -> str:
   """
   chosen, why = cfg.attention, 'named'
   linear = 'flash'  # The linear-memory choice above AUTO_DENSE_MAX keys.
-  if cfg.normalizer == 'stick_breaking':  # (ModelConfig allows auto, dense, blockwise.)
-    linear, why = 'blockwise', 'stick-breaking: dense or blockwise'
-    chosen = None if chosen == 'auto' else chosen
   if chosen == 'auto':
     kernel = vendor.for_platform()
     why = vendor.why_not(kernel, cfg, num_keys) if kernel else 'no fused kernel here'
@@ -76,7 +73,7 @@ def _blockwise(cfg: ModelConfig, *args, span, sink):
 def _flash(cfg: ModelConfig, *args, span, sink):
   block_q, block_k = tile_sizes.tiles(cfg, 'flash', args[1].shape[1])
   return flash.attend(*args, span=span, block_q=block_q, block_k=block_k,
-                      scale=cfg.head_dim ** -0.5, sink_H=sink), None
+                      scale=cfg.head_dim ** -0.5, sink_H=sink, normalizer=cfg.normalizer), None
 
 
 def _pallas(cfg: ModelConfig, *args, span, sink):

@@ -97,8 +97,8 @@ class ModelConfig:
   def _check_normalizer(self):
     _check(self.normalizer in NORMALIZERS, 'normalizer', ', '.join(NORMALIZERS), self.normalizer)
     if self.normalizer == 'stick_breaking':
-      _check(self.attention in ('auto', 'dense', 'blockwise'), 'attention',
-             'auto, dense, blockwise with normalizer=stick_breaking', self.attention)
+      _check(self.attention in ('auto', 'dense', 'blockwise', 'flash'), 'attention',
+             'auto, dense, blockwise, flash with normalizer=stick_breaking', self.attention)
       _check(self.sinks == 'none', 'sinks', "'none' with normalizer=stick_breaking (the "
              'weights need not sum to 1 already)', self.sinks)
 

@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from posjax.models.kernels import blocks
+from posjax.models.kernels import blocks, stick_breaking
 from posjax.models.kernels.blocks import Inputs, Tiles, pad
 
 _f32 = jnp.float32
@@ -99,7 +99,34 @@ def _zeros_of(step, mask, state):
   return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
 
-def _forward(module, variables, x: Inputs, scale):
+class Softmax:
+  """The normalizer: logits as they are, no carry of its own, rows normalised
+  (``kernels.stick_breaking.Tiled`` is the other, with the same four methods)."""
+
+  @staticmethod
+  def init(q):
+    return None
+
+  @staticmethod
+  def logits(z, mask, carry):
+    return z, carry
+
+  @staticmethod
+  def finish(m, l, acc):
+    """``(out [B, H, bq, Kv], lse [B, H, bq])`` of a query tile's final state."""
+    safe = jnp.where(l == 0, 1.0, l)
+    return acc / safe[..., None], jnp.where(l == 0, 0.0, m + jnp.log(safe))
+
+  @staticmethod
+  def row_dot(dout, out):
+    """``D_i = dO_i . O_i`` ``[B, L, H]``."""
+    return jnp.sum(dout.astype(_f32) * out, -1)
+
+
+NORMALIZERS = {'softmax': Softmax, 'stick_breaking': stick_breaking.Tiled}
+
+
+def _forward(module, variables, x: Inputs, scale, norm=Softmax):
   """Output ``[B, Lp, H, Kv]`` float32 and log-sum-exp ``[B, Lp, H]``."""
   t, hooks = x.t, _Hooks(module, variables)
 
@@ -107,30 +134,29 @@ def _forward(module, variables, x: Inputs, scale):
     q, qpos, qidx, qseg = x.query(i)
     B, bq, H, _ = q.shape
     init = (jnp.full((B, H, bq), blocks.NEG, _f32), jnp.zeros((B, H, bq), _f32),
-            jnp.zeros((B, H, bq, x.v.shape[-1]), _f32), hooks.init_carry(q))
+            jnp.zeros((B, H, bq, x.v.shape[-1]), _f32), (norm.init(q), hooks.init_carry(q)))
     first, end = t.key_tiles(qidx)
 
     def key_tile(s, state):
       k, v, kpos, kidx, kseg = x.key(end - 1 - s)  # Last tile first (CoPE's carry).
       mask = blocks.allowed(qidx, kidx, qseg, kseg, t.span, qpos, kpos)
-      step = lambda mask, st: _online_step(hooks, q, k, v, qpos, kpos, mask, st, scale)  # noqa: E731
+      step = lambda mask, st: _online_step(hooks, norm, q, k, v, qpos, kpos, mask, st, scale)  # noqa: E731
       return _by_case(_tile_case(qidx, kidx, qseg, kseg, qpos, kpos, t.span), step, state, mask)
 
     m, l, acc, _ = jax.lax.fori_loop(0, end - first, key_tile, init)
-    safe = jnp.where(l == 0, 1.0, l)
-    out = jnp.swapaxes(acc / safe[..., None], 1, 2)
-    return None, (out, jnp.swapaxes(jnp.where(l == 0, 0.0, m + jnp.log(safe)), 1, 2))
+    out, lse = norm.finish(m, l, acc)
+    return None, (jnp.swapaxes(out, 1, 2), jnp.swapaxes(lse, 1, 2))
 
   _, (out, lse) = jax.lax.scan(query_tile, None, jnp.arange(t.nq))
   untile = lambda a: jnp.moveaxis(a, 0, 1).reshape((a.shape[1], -1) + a.shape[3:])  # noqa: E731
   return untile(out), untile(lse)
 
 
-def _online_step(hooks, q, k, v, qpos, kpos, mask, state, scale):
+def _online_step(hooks, norm, q, k, v, qpos, kpos, mask, state, scale):
   """``blocks.block``'s online softmax with a head-major accumulator
   ``[B, H, bq, Kv]``, the layout in which XLA's CPU dots need no transposed tile."""
   m, l, acc, carry = state
-  s, carry = _logits(hooks, q, k, qpos, kpos, mask, carry, scale)
+  s, carry = _logits(hooks, norm, q, k, qpos, kpos, mask, carry, scale)
   m_new, p, corr = blocks.softmax_step(m, s, mask)
   out = jnp.einsum('bhls,bshk->bhlk', p, v.astype(_f32))
   extra = hooks.values(p, qpos, kpos)
@@ -145,21 +171,23 @@ def _qk(q, k, scale):
                     preferred_element_type=_f32)
 
 
-def _logits(hooks, q, k, qpos, kpos, mask, carry, scale):
-  """A tile's masked logits ``[B, H, bq, bk]`` and the encoding's next carry."""
-  s = _qk(q, k, scale)
-  bias, carry = hooks.bias(q, k, qpos, kpos, mask, carry)
-  return _masked(s, bias, mask), carry
+def _logits(hooks, norm, q, k, qpos, kpos, mask, carry, scale):
+  """A tile's masked logits ``[B, H, bq, bk]`` and the next ``(normalizer, encoding)``
+  carry."""
+  norm_carry, enc_carry = carry
+  bias, enc_carry = hooks.bias(q, k, qpos, kpos, mask, enc_carry)
+  s, norm_carry = norm.logits(_masked(_qk(q, k, scale), bias, mask), mask, norm_carry)
+  return s, (norm_carry, enc_carry)
 
 
 def _masked(s, bias, mask):
   return jnp.where(mask[:, None], s if bias is None else s + bias, blocks.NEG)
 
 
-def _replay_carries(hooks, x, q, qpos, qidx, qseg, scale):
+def _replay_carries(hooks, norm, x, q, qpos, qidx, qseg, scale):
   """The carry entering each key tile of a query tile, ``[nk, ...]`` (None: no carry)."""
-  carry0 = hooks.init_carry(q)
-  if carry0 is None:
+  carry0 = (norm.init(q), hooks.init_carry(q))
+  if not jax.tree.leaves(carry0):
     return None
   buf = jax.tree.map(lambda c: jnp.zeros((x.t.nk,) + c.shape, c.dtype), carry0)
 
@@ -172,23 +200,26 @@ def _replay_carries(hooks, x, q, qpos, qidx, qseg, scale):
     buf = jax.tree.map(lambda b, c: b.at[j].set(c), buf, carry)
     mask = blocks.allowed(qidx, kidx, qseg, kseg, x.t.span, qpos, kpos)
     carry = _by_case(_tile_case(qidx, kidx, qseg, kseg, qpos, kpos, x.t.span),
-                     lambda mask, c: _logits(hooks, q, k, qpos, kpos, mask, c, scale)[1],
+                     lambda mask, c: _logits(hooks, norm, q, k, qpos, kpos, mask, c, scale)[1],
                      carry, mask)
     return carry, buf
 
   return jax.lax.fori_loop(0, end - first, key_tile, (carry0, buf))[1]
 
 
-def _tile_grads(module, variables, q, k, v, do, qpos, kpos, carry_in, lse_t, D, scale,
-                mask, dcarry):
+def _tile_grads(module, variables, norm, q, k, v, do, qpos, kpos, carry_in, lse_t, D,
+                scale, mask, dcarry):
   """One tile's ``(dq [B, H, bq, K], dk, dv [B, H, K, bk], dvariables)`` float32 and
   the carry's cotangent entering it; dk and dv key-minor, dq head-major: the
   layouts in which XLA's CPU dots need no transposed ``[bq, bk]`` tile."""
   zeros = lambda a: jnp.zeros(a.shape, _f32)  # noqa: E731
   def bias(q, k, variables, carry):
     return _Hooks(module, variables).bias(q, k, qpos, kpos, mask, carry)
+  (norm_in, carry_in), (dnorm, dcarry) = carry_in or (None, None), dcarry or (None, None)
   (b, carry_out), vjp_bias = jax.vjp(bias, q, k, variables, carry_in)
-  p = jnp.exp(_masked(_qk(q, k, scale), b, mask) - lse_t[..., None]) * mask[:, None]
+  z = _masked(_qk(q, k, scale), b, mask)
+  (s, norm_out), vjp_norm = jax.vjp(lambda z, c: norm.logits(z, mask, c), z, norm_in)
+  p = jnp.exp(s - lse_t[..., None]) * mask[:, None]
   dv = jnp.einsum('blhk,bhls->bhks', do, p)
   dp = jnp.einsum('blhk,bshk->bhls', do, v.astype(_f32))
   extra, vjp_values = jax.vjp(
@@ -197,7 +228,7 @@ def _tile_grads(module, variables, q, k, v, do, qpos, kpos, carry_in, lse_t, D, 
   if extra is not None:
     dp_extra, dvars = vjp_values(do.astype(extra.dtype))
     dp = dp + dp_extra
-  ds = p * (dp - D[..., None])  # Zero where masked, as p is.
+  ds, dnorm = vjp_norm((p * (dp - D[..., None]), dnorm))  # Zero where masked, as p is.
   dq = jnp.einsum('bhls,bshk->bhlk', ds, k.astype(_f32)) * scale
   dk = jnp.einsum('blhk,bhls->bhks', q.astype(_f32), ds) * scale
   if b is not None or carry_out is not None:
@@ -205,12 +236,13 @@ def _tile_grads(module, variables, q, k, v, do, qpos, kpos, carry_in, lse_t, D, 
         (None if b is None else ds, None if carry_out is None else dcarry))
     dq, dk = dq + jnp.swapaxes(dq_b, 1, 2), dk + jnp.transpose(dk_b, (0, 2, 3, 1))
     dvars = jax.tree.map(jnp.add, dvars, dvars_bias)
-  return jax.tree.map(lambda g: g.astype(_f32), (dq, dk, dv, dvars)), dcarry
+  grads = jax.tree.map(lambda g: g.astype(_f32), (dq, dk, dv, dvars))
+  return grads, None if norm_out is None and carry_out is None else (dnorm, dcarry)
 
 
-def _backward(module, variables, x: Inputs, out, lse, dout, scale):
+def _backward(module, variables, x: Inputs, out, lse, dout, scale, norm=Softmax):
   t = x.t
-  D_BxLxH = jnp.sum(dout.astype(_f32) * out, -1)
+  D_BxLxH = norm.row_dot(dout, out)
   zeros = lambda a: jnp.zeros(a.shape, _f32)  # noqa: E731
   dvars0 = jax.tree.map(zeros, variables)
 
@@ -220,7 +252,7 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
     do = t.q(dout, i).astype(_f32)
     lse_t, D = (jnp.swapaxes(t.q(a, i), 1, 2) for a in (lse, D_BxLxH))  # [B, H, bq]
     first, end = t.key_tiles(qidx)
-    carries = _replay_carries(_Hooks(module, variables), x, q, qpos, qidx, qseg, scale)
+    carries = _replay_carries(_Hooks(module, variables), norm, x, q, qpos, qidx, qseg, scale)
 
     def key_tile(j, state):
       dq, dk_all, dv_all, dvars, dcarry = state
@@ -228,8 +260,8 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
       mask = blocks.allowed(qidx, kidx, qseg, kseg, t.span, qpos, kpos)
       carry_in = None if carries is None else jax.tree.map(lambda b: b[j], carries)
 
-      step = functools.partial(_tile_grads, module, variables, q, k, v, do, qpos, kpos,
-                               carry_in, lse_t, D, scale)
+      step = functools.partial(_tile_grads, module, variables, norm, q, k, v, do, qpos,
+                               kpos, carry_in, lse_t, D, scale)
       # Only this tile's gradients pass through the switch (a skipped tile's are
       # zeros): whole dk / dv buffers there would be copied on every tile.
       case = _tile_case(qidx, kidx, qseg, kseg, qpos, kpos, t.span)
@@ -247,7 +279,8 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
         first, end, key_tile, (dq0, dk_all, dv_all, dvars, dcarry0))
     dq = jnp.swapaxes(dq, 1, 2)
     if carries is not None:  # The first carry may depend on q and the variables (PaTH's).
-      _, vjp_init = jax.vjp(lambda q, v: _Hooks(module, v).init_carry(q), q, variables)
+      _, vjp_init = jax.vjp(lambda q, v: (norm.init(q), _Hooks(module, v).init_carry(q)),
+                            q, variables)
       dq_init, dvars_init = vjp_init(dcarry)
       dq, dvars = dq + dq_init.astype(_f32), jax.tree.map(jnp.add, dvars, dvars_init)
     return (dk_all, dv_all, dvars), dq
@@ -261,7 +294,7 @@ def _backward(module, variables, x: Inputs, out, lse, dout, scale):
 
 def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, kidx_BxS,
            qseg_BxL, kseg_BxS, *, span, block_q: int, block_k: int, scale: float,
-           sink_H=None, passes=None):
+           sink_H=None, passes=None, normalizer: str = 'softmax'):
   """Flash attention; the same arguments and output as ``blockwise.attend``
   (without probabilities). ``enc`` is a bound encoding module. ``passes``: the
   ``(forward, backward)`` pair run under this custom VJP, by default this module's
@@ -272,7 +305,11 @@ def attend(enc, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, qpos_BxL, kpos_BxS, qidx_BxL, k
   (``out * sigmoid(lse - sink)``, ``lse' = logaddexp(lse, sink)``), so the
   backward passes, given those, need no change; its own gradient is
   ``-sum_i exp(sink - lse'_i) (dO_i . O_i)``."""
-  forward, backward = passes or (_forward, _backward)
+  norm = NORMALIZERS[normalizer]
+  if passes is not None and norm is not Softmax:
+    raise ValueError(f'normalizer={normalizer}: the XLA passes only (not the kernels\' passes)')
+  forward, backward = passes or (functools.partial(_forward, norm=norm),
+                                 functools.partial(_backward, norm=norm))
   module, variables = enc.unbind()
   L, S = q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
   bq, bk = min(block_q, L), min(block_k, S)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from posjax.encodings.base import Encoding
+from posjax.models.kernels.blocks import NEG
 
 _f32 = jnp.float32
 
@@ -36,6 +37,16 @@ def init(enc: Encoding, q_BxLxHxK, Kv: int):
           enc.init_carry(q_BxLxHxK))
 
 
+def log_weights(z_BxHxLxS, mask_BxLxS, log_rest_BxHxL):
+  """One key block's ``log A`` (``NEG`` where masked) and the carry for the block
+  before it: ``log_rest`` plus the block's ``sum log sigmoid(-z)`` over allowed keys."""
+  allowed = mask_BxLxS[:, None]
+  log_keep = jnp.where(allowed, jax.nn.log_sigmoid(-z_BxHxLxS), 0.0)
+  after = jnp.flip(jnp.cumsum(jnp.flip(log_keep, -1), -1), -1) - log_keep
+  log_a = jax.nn.log_sigmoid(z_BxHxLxS) + after + log_rest_BxHxL[..., None]
+  return jnp.where(allowed, log_a, NEG), log_rest_BxHxL + log_keep.sum(-1)
+
+
 def block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
   """One key block: the new state and its weights ``A`` ``[B, H, L, S]`` float32."""
   log_rest, acc, enc_carry = carry
@@ -43,15 +54,41 @@ def block(enc: Encoding, q, k, v, qpos, kpos, mask, carry, scale):
   bias, enc_carry = enc.bias(q, k, qpos, kpos, mask, enc_carry)
   if bias is not None:
     z = z + bias
-  allowed = mask[:, None]
-  log_keep = jnp.where(allowed, jax.nn.log_sigmoid(-z), 0.0)
-  after = jnp.flip(jnp.cumsum(jnp.flip(log_keep, -1), -1), -1) - log_keep
-  a = jnp.where(allowed, jnp.exp(jax.nn.log_sigmoid(z) + after + log_rest[..., None]), 0.0)
+  log_a, next_rest = log_weights(z, mask, log_rest)
+  a = jnp.where(mask[:, None], jnp.exp(log_a), 0.0)
   out = jnp.einsum('bhls,bshk->blhk', a, v.astype(_f32))
   extra = enc.values(a, qpos, kpos)
   if extra is not None:
     out = out + extra.astype(_f32)
-  return (log_rest + log_keep.sum(-1), acc + out, enc_carry), a
+  return (next_rest, acc + out, enc_carry), a
+
+
+class Tiled:
+  """Stick-breaking inside flash's online softmax (``kernels.flash``): a tile's
+  logits become ``log A`` (``log_weights``, the carry ``log_rest`` per query), so the
+  tile loop accumulates ``sum_j exp(log A_ij - m) v_j`` as for softmax, and the output
+  is that sum times ``exp(m)``, not over the row's total. The backward pass then needs
+  ``p = A`` and ``D = 0`` (no normalisation to differentiate): it gets log-sum-exp 0
+  and a zero row product."""
+
+  @staticmethod
+  def init(q_BxLxHxK):
+    B, L, H, _ = q_BxLxHxK.shape
+    return jnp.zeros((B, H, L), _f32)
+
+  @staticmethod
+  def logits(z_BxHxLxS, mask_BxLxS, log_rest_BxHxL):
+    return log_weights(z_BxHxLxS, mask_BxLxS, log_rest_BxHxL)
+
+  @staticmethod
+  def finish(m_BxHxL, l_BxHxL, acc_BxHxLxK):
+    """``(out, lse)``: the unnormalised sum and the zero log-sum-exp of ``p = A``."""
+    del l_BxHxL
+    return acc_BxHxLxK * jnp.exp(m_BxHxL)[..., None], jnp.zeros_like(m_BxHxL)
+
+  @staticmethod
+  def row_dot(dout_BxLxHxK, out_BxLxHxK):
+    return jnp.zeros(out_BxLxHxK.shape[:-1], _f32)
 
 
 def finish(state, a):

@@ -58,6 +58,8 @@ def why_not(kernel: str, mcfg, length: int | None = None) -> str | None:
   if mcfg.layer_pattern:
     return next(filter(None, (why_not(kernel, layer, length)
                               for layer in mcfg.layer_configs())), None)
+  if mcfg.normalizer != 'softmax':
+    return f'{kernel} computes a softmax only (normalizer={mcfg.normalizer}: use flash)'
   platform = jax.default_backend()
   if platform not in PLATFORMS[kernel] and not emulated():
     return f'{kernel} needs a {" or ".join(PLATFORMS[kernel])}; this platform is {platform}'
