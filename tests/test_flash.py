@@ -95,7 +95,8 @@ def test_window_and_chunk_tiles_are_the_only_ones_visited():
       (0, 1), (0, 2), (0, 3), (13, 16)]  # window of 8 by slots: its positions may restart.)
   assert ranges(Span(False, window=6), 5) == (3, 8)
   assert ranges(Span(True, window=6, sinks=2), 5) == (0, 6)
-  assert ranges(Span(True, window=6, aligned=False), 5) == (0, 6)  # (Rolling cache.)
+  # A rolling cache: a chunk's keys follow the cache at indices above their slots.
+  assert ranges(Span(True, window=6, aligned=False), 5) == (0, 16)
   # The tile test says no only where no pair is in the span.
   for span in (Span(True, window=6), Span(True, chunk=8), Span(False, window=5, sinks=3)):
     for i in range(16):

@@ -90,9 +90,11 @@ def test_tiled_equals_dense_in_values_and_gradients(posenc, impl):
   assert all(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(gd))
 
 
-@pytest.mark.parametrize('kw', [{}, {'window': 4}], ids=['full-cache', 'rolling-cache'])
-def test_cached_decoding_equals_full_pass(kw):
-  cfg = _cfg('rope', attention='dense', **kw)
+@pytest.mark.parametrize('impl,kw', [('dense', {}), ('dense', {'window': 4}),
+                                     ('flash', {'window': 4})],
+                         ids=['full-cache', 'rolling-cache', 'flash-rolling-cache'])
+def test_cached_decoding_equals_full_pass(impl, kw):
+  cfg = _cfg('rope', attention=impl, **kw)
   B, L = 2, 10
   tokens = _tokens(B, L)
   model, params = models.build(cfg), _params(cfg, (B, L))
@@ -137,3 +139,20 @@ def test_auto_takes_flash_above_the_dense_limit_and_kernels_are_refused():
   with pytest.raises(ValueError, match=r"^model\.normalizer: got 'sparsemax'; allowed: softmax, "
                                        r'stick_breaking$'):
     _cfg(normalizer='sparsemax')
+
+
+def test_flash_holds_no_full_length_logits():
+  """Linear memory: the compiled flash gradient has no [L, S] array (tiles of 32 over
+  96 tokens), where dense has one."""
+  L = 96
+  tokens = _tokens(1, L)
+  pos, seg = jnp.arange(L)[None], jnp.ones((1, L), jnp.int32)
+
+  def hlo(impl):
+    cfg = _cfg('alibi', attention=impl, block_size=32, max_len=L)
+    model = models.build(cfg)
+    grad = jax.grad(lambda p: (model.apply({'params': p}, tokens, pos, seg) ** 2).sum())
+    return jax.jit(grad).lower(_params(cfg, tokens.shape)).compile().as_text()
+  full = f'f32[1,2,{L},{L}]'
+  assert full in hlo('dense')
+  assert full not in hlo('flash')

@@ -147,6 +147,20 @@ def test_schedule_with_windows_chunks_and_sinks_flash_decoding_and_gradients():
   assert keys['layer_1']['attention']['cached_key'].shape == (2, 1, 2 + 6, H, 32 // H)
 
 
+def test_flash_decoding_from_a_prefill_shorter_than_the_window():
+  """A rolling cache that has not filled yet: the chunk's keys sit after the cache at
+  indices above their slots, so flash may not bound its key tiles by slot (it once
+  skipped the whole prefill there and attended to nothing)."""
+  cfg = _cfg('rope', num_layers=1, max_len=L, window=8, block_size=4).replace(attention='flash')
+  tokens = jax.random.randint(jax.random.key(2), (1, 12), 4, 40)
+  pos = jnp.arange(12)[None]
+  model = models.build(cfg)
+  params = nn.unbox(model.init(jax.random.key(0), tokens)['params'])
+  full = model.apply({'params': params}, tokens)
+  steps, _ = decoded(model, params, tokens, pos, prefill=6)
+  np.testing.assert_allclose(steps, full, rtol=1e-4, atol=1e-4)
+
+
 def test_windows_change_what_the_model_computes():
   """A window narrower than the row changes late tokens' logits, not early ones'."""
   tokens = jax.random.randint(jax.random.key(2), (1, L), 4, 40)

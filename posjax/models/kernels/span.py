@@ -96,9 +96,11 @@ class Span:
 
   def key_tile_range(self, qlo, qhi, bk: int, nk: int):
     """Key tiles ``[first, end)`` that can hold a key visible from query slots
-    ``qlo..qhi``. Only the causal bound holds for a rolling cache (slot >= index)."""
+    ``qlo..qhi``. A rolling cache (not aligned) gets every tile: a chunk's keys follow
+    the cache, at indices above their slots until the cache has filled (a prefill),
+    so no slot bound holds there; the tile test (``tile_may_see``) skips empty tiles."""
     end = jnp.asarray(nk, jnp.int32)
-    if self.causal:
+    if self.causal and self.aligned:
       end = jnp.minimum(end, qhi // bk + 1)
     first = jnp.asarray(0, jnp.int32)
     if self.aligned and self.local:
