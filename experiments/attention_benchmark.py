@@ -48,6 +48,7 @@ flags.DEFINE_float('max_gb', 0.8 * _RAM_GB,
                    'A cell whose compiled peak exceeds this is not run (time: skip).')
 flags.DEFINE_string('dtype', 'float32', 'model.dtype.')
 flags.DEFINE_integer('window', 0, 'model.window (sliding window; 0: none) for every cell.')
+flags.DEFINE_string('normalizer', 'softmax', 'model.normalizer (softmax, stick_breaking).')
 flags.DEFINE_string('csv', '', 'Also write the rows to this CSV file.')
 FLAGS = flags.FLAGS
 
@@ -83,7 +84,8 @@ def layer_step(posenc: str, attention: str, length: int, block_size=None):
   cfg = models.ModelConfig.from_config(dict(
       kind='decoder', vocab_size=VOCAB, num_layers=1, num_heads=HEADS, model_dim=DIM,
       mlp_dim=4 * DIM, max_len=length, posenc=posenc, attention=attention,
-      block_size=block_size or FLAGS.block_size, dtype=FLAGS.dtype, window=FLAGS.window))
+      block_size=block_size or FLAGS.block_size, dtype=FLAGS.dtype, window=FLAGS.window,
+      normalizer=FLAGS.normalizer))
   model = models.build(cfg)
   tokens = jax.random.randint(jax.random.key(0), (1, length), 0, VOCAB)
   pos = jnp.arange(length, dtype=jnp.int32)[None]
