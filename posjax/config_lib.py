@@ -214,7 +214,7 @@ def base_config(posenc: str = 'rope') -> ml_collections.ConfigDict:
       attention='auto', block_size=ml_collections.FieldReference('auto', field_type=object),
       remat='none', scan_layers=True, qk_norm='none', qk_norm_scale='learned',
       temperature='none', temperature_args=ml_collections.ConfigDict(), window=0, chunk=0,
-      sinks='none', sink_tokens=0, normalizer='softmax',
+      sinks='none', sink_tokens=0, normalizer='softmax', attend_current=False,
       layer_pattern=ml_collections.FieldReference((), field_type=tuple),
       randomized_positions=False, max_random_position=4096, num_classes=2, pooling='mean',
       pad_id=0))

@@ -98,7 +98,8 @@ def test_window_and_chunk_tiles_are_the_only_ones_visited():
   # A rolling cache: a chunk's keys follow the cache at indices above their slots.
   assert ranges(Span(True, window=6, aligned=False), 5) == (0, 16)
   # The tile test says no only where no pair is in the span.
-  for span in (Span(True, window=6), Span(True, chunk=8), Span(False, window=5, sinks=3)):
+  for span in (Span(True, window=6), Span(True, chunk=8), Span(False, window=5, sinks=3),
+               Span(True, exclude_current=True), Span(False, exclude_current=True)):
     for i in range(16):
       for j in range(16):
         q, k = qidx[i], qidx[j]  # (Positions = slots: one document.)

@@ -43,28 +43,32 @@ def _numpy_weights(z, mask):
   return a
 
 
-def test_weights_are_the_papers_product_and_blockwise_equals_them():
+@pytest.mark.parametrize('attend_current', [False, True])
+def test_weights_are_the_papers_product_and_blockwise_equals_them(attend_current):
   """Dense and blockwise (blocks of 3 over 8 keys, visited last to first) give the
-  weights of the paper's definition (numpy loops); the causal mask includes the query
-  itself, and the first query keeps sigmoid(z_00) of its stick."""
+  weights of the paper's definition (numpy loops) over the keys before the query (the
+  first query has none), or with ``attend_current`` over those and its own key (the
+  first query keeps sigmoid(z_00) of its stick)."""
   B, L, H, K = 2, 8, 3, 4
   q, k, v = (jax.random.normal(jax.random.key(s), (B, L, H, K)) for s in range(3))
   pos = jnp.broadcast_to(jnp.arange(L), (B, L))
   seg = jnp.ones((B, L), jnp.int32)
   enc = encodings.make('none', {}, num_heads=H, head_dim=K, model_dim=H * K)
   args = (enc, q, k, v, pos, pos, pos, pos, seg, seg)
-  dense, a = blockwise.attend(*args, span=Span(causal=True), block_size=None, scale=0.5,
+  span = Span(causal=True, exclude_current=not attend_current)
+  dense, a = blockwise.attend(*args, span=span, block_size=None, scale=0.5,
                               normalizer='stick_breaking')
   z = np.einsum('blhk,bshk->bhls', q, k) * 0.5
-  mask = np.tril(np.ones((L, L)))[None].repeat(B, 0)
+  mask = np.tril(np.ones((L, L)), 0 if attend_current else -1)[None].repeat(B, 0)
   want = _numpy_weights(z, mask)
   np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(a[:, :, 0, 0], 1 / (1 + np.exp(-z[:, :, 0, 0])), rtol=1e-5)
+  first = 1 / (1 + np.exp(-z[:, :, 0, 0])) if attend_current else 0 * z[:, :, 0, 0]
+  np.testing.assert_allclose(a[:, :, 0, 0], first, rtol=1e-5)
   assert (want.sum(-1) <= 1 + 1e-9).all()
   np.testing.assert_allclose(dense, np.einsum('bhls,bshk->blhk', want, v), rtol=1e-4, atol=1e-5)
   ref, _ = stick_breaking.reference(jnp.asarray(z), jnp.asarray(mask, bool), v)
   np.testing.assert_allclose(dense, ref, rtol=1e-4, atol=1e-5)
-  blocked, _ = blockwise.attend(*args, span=Span(causal=True), block_size=3, scale=0.5,
+  blocked, _ = blockwise.attend(*args, span=span, block_size=3, scale=0.5,
                                 normalizer='stick_breaking')
   np.testing.assert_allclose(blocked, dense, rtol=1e-5, atol=1e-6)
 
@@ -80,9 +84,9 @@ FAST = {('blockwise', 'cope'), ('flash', 'none'), ('flash', 'alibi'), ('flash', 
     for i in ('blockwise', 'flash') for p in ('none', 'alibi', 'cope', 'shaw', 'fox')])
 def test_tiled_equals_dense_in_values_and_gradients(impl, posenc):
   """Blockwise and flash (tiles of 4 over 10 tokens) with the encodings' bias, carry,
-  value and token hooks (a window of 6 on one case)."""
+  value and token hooks (a window of 6 on one case, the query's own key on another)."""
   tokens = _tokens()
-  kw = {'window': 6} if posenc == 'none' else {}
+  kw = {'none': {'window': 6}, 'shaw': {'attend_current': True}}.get(posenc, {})
   dense = _cfg(posenc, attention='dense', **kw)
   params = _params(dense, tokens.shape)
 
@@ -146,6 +150,10 @@ def test_auto_takes_flash_above_the_dense_limit_and_kernels_are_refused():
   with pytest.raises(ValueError, match=r"^model\.normalizer: got 'sparsemax'; allowed: softmax, "
                                        r'stick_breaking$'):
     _cfg(normalizer='sparsemax')
+  with pytest.raises(ValueError, match=r"^model\.attend_current: got True; allowed: False with "
+                                       r'normalizer=softmax'):
+    _cfg(normalizer='softmax', attend_current=True)
+  assert cfg.span.exclude_current and not _cfg(attend_current=True).span.exclude_current
 
 
 def test_flash_holds_no_full_length_logits():

@@ -62,6 +62,7 @@ class ModelConfig:
   sink_tokens: int = 0        # StreamingLLM: keys at positions < k always visible (per document)
   layer_pattern: tuple = ()   # per-layer overrides, repeated (models/layer_pattern.py)
   normalizer: str = 'softmax'  # softmax, stick_breaking (kernels/stick_breaking.py)
+  attend_current: bool = False  # stick_breaking: the query's own key breaks the stick too
 
   def __post_init__(self):
     _check(self.kind in KINDS, 'kind', ', '.join(KINDS), self.kind)
@@ -101,6 +102,9 @@ class ModelConfig:
              'auto, dense, blockwise, flash with normalizer=stick_breaking', self.attention)
       _check(self.sinks == 'none', 'sinks', "'none' with normalizer=stick_breaking (the "
              'weights need not sum to 1 already)', self.sinks)
+    else:
+      _check(not self.attend_current, 'attend_current', 'False with normalizer=softmax (a '
+             "softmax always attends the query's own key)", self.attend_current)
 
   def _check_temperature(self):
     from posjax.models import temperature as t
@@ -153,7 +157,10 @@ class ModelConfig:
   def span(self):
     """Which key slots each query may see (``kernels.span.Span``)."""
     from posjax.models.kernels.span import Span
-    return Span(self.causal, self.window, self.chunk, self.sink_tokens)
+    # Stick-breaking breaks the stick over the keys before the query (Tan et al. 2025;
+    # ``attend_current``: its own key too, the kernel's option); softmax always has it.
+    exclude = self.normalizer == 'stick_breaking' and not self.attend_current
+    return Span(self.causal, self.window, self.chunk, self.sink_tokens, exclude_current=exclude)
 
   def layer_configs(self) -> tuple:
     """The per-layer configs of one period of ``layer_pattern`` ((self,) without one)."""

@@ -33,6 +33,7 @@ class Span:
   chunk: int = 0     # > 0: pos_i // chunk == pos_j // chunk (and |i - j| < chunk)
   sinks: int = 0     # > 0: keys at positions < sinks are visible whatever the window / chunk
   aligned: bool = True  # key slot j is at index j (False: a rolling cache)
+  exclude_current: bool = False  # the query's own key is not seen (stick-breaking: j < i)
 
   @property
   def local(self) -> bool:
@@ -49,6 +50,8 @@ class Span:
     ok = j >= 0
     if self.causal:
       ok &= j <= i
+    if self.exclude_current:
+      ok &= j != i
     if not self.local:
       return ok
     near = (i - j < self.reach) & (j - i < self.reach)
@@ -80,7 +83,9 @@ class Span:
     (qlo, qhi), (klo, khi) = self._bounds(qidx_t, True), self._bounds(kidx_t, True)
     ok = (klo >= 0) & (qlo >= 0)
     if self.causal:
-      ok &= khi <= qlo
+      ok &= (khi < qlo) if self.exclude_current else (khi <= qlo)
+    elif self.exclude_current:
+      ok &= (khi < qlo) | (klo > qhi)
     if self.local:
       ok &= (qhi - klo < self.reach) & (khi - qlo < self.reach)
     if self.chunk:

@@ -7,9 +7,13 @@ nearest the same share of what is left, and so on:
   out_i = sum_j A_ij v_j,
 
 ``z_ij`` the logit (``q . k / sqrt(K)`` plus the encoding's bias). The weights sum to
-at most 1; what is left is attended to nothing. The product is over the allowed keys
-after j (the causal mask includes the query itself, the paper's ``attend_current``;
-keys of other documents or outside a window are not counted), in log space:
+at most 1; what is left is attended to nothing (the output is ``sum_j A_ij v_j``, as
+the paper's equations and flash-linear-attention's layer; the authors' own model code
+also adds ``(1 - sum_j A_ij) v_i``). The allowed keys are those before the query (the
+paper: "for each token before the current"; ``model.attend_current=True`` adds the
+query's own key, the kernels' ``attend_current``: ``ModelConfig.span`` excludes it
+otherwise); keys of other documents or outside a window are not counted. The product
+is over the allowed keys after j, in log space:
 ``log A_ij = log sigmoid(z_ij) + sum_k log sigmoid(-z_ik)``.
 
 Key blocks are visited from the last to the first (``blockwise.attend``); the carry
