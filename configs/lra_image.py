@@ -7,11 +7,12 @@
 
 Defaults follow the LRA reference config (lra_benchmarks/image/configs/cifar10/
 base_cifar10_config.py): 1 layer, 1 head, 32 dims, MLP 64, dropout 0.3, CLS
-pooling, batch 256, learning rate 5e-4 with one epoch of warmup and cosine
-decay over 200 epochs of 45k images, no weight decay, no clipping; LRA's
-baseline encoding is ``learned`` (the default here). Differences: posjax has no
-separate attention dropout (LRA: 0.2) and its cosine ends at 0.1x the peak
-(LRA: 0). Arguments: posenc=<name>, size, runlocal.
+pooling (the CLS token on top of the 1024 pixels, as LRA's encoder adds it),
+batch 256, learning rate 5e-4 with one epoch of warmup and cosine decay over 200
+epochs of 45k images, no weight decay, no clipping; LRA's baseline encoding is
+``learned`` (the default here). Differences: posjax has no separate attention
+dropout (LRA: 0.2) and its cosine ends at 0.1x the peak (LRA: 0). Arguments:
+posenc=<name>, size, runlocal.
 """
 from posjax import config_lib
 

@@ -243,7 +243,9 @@ def lra(arg, *, data: str, num_classes: int, vocab_size: int, seq_len: int, batc
   c = base_config(arg.posenc)
   c.task = task
   c.data = dict(name=data, size=arg.size, data_dir='', eval_split='')  # '': validation.
-  c.seq_len = seq_len
+  # A CLS token rides on top of the task's length, as LRA's encoder adds it (max_len += 1):
+  # CIFAR's 1024 pixels all fit beside it.
+  c.seq_len = seq_len + (model.get('pooling') == 'cls')
   c.batch_size = c.eval_batch_size = batch_size
   c.num_train_steps, c.warmup_steps = num_train_steps, warmup_steps
   c.eval_every_steps = c.checkpoint_every_steps = eval_every_steps
@@ -251,11 +253,11 @@ def lra(arg, *, data: str, num_classes: int, vocab_size: int, seq_len: int, batc
   c.learning_rate, c.schedule = learning_rate, schedule
   c.weight_decay, c.grad_clip = weight_decay, grad_clip
   c.model.update(kind='matcher' if task == 'matching' else 'encoder_classifier',
-                 vocab_size=vocab_size, num_classes=num_classes, max_len=seq_len,
+                 vocab_size=vocab_size, num_classes=num_classes, max_len=c.seq_len,
                  dtype='float32', norm='layernorm', **model)
   if arg.runlocal:
     runlocal(c)
-    c.seq_len = c.model.max_len = min(seq_len, 128)
+    c.seq_len = c.model.max_len = min(c.seq_len, 128)
     c.model.update(num_layers=min(c.model.num_layers, 2), model_dim=64, mlp_dim=128,
                    num_heads=min(c.model.num_heads, 4), dropout_rate=0.0)
   return c

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from absl import flags
+import numpy as np
 import pytest
 
 from posjax import config_lib, main, models
@@ -66,6 +67,20 @@ def test_config_file_refuses_a_typo_naming_the_allowed_keys():
                                        'size, arch, window, runlocal$'):
     _module('lm.py').get_config('sizee=small')
   assert _module('lra_pathfinder.py').get_config('res=128').seq_len == 128 * 128
+
+
+def test_lra_cls_token_rides_on_top_of_the_task_length():
+  # LRA's encoder adds its CLS token beyond max_len (max_len += 1), so every one of
+  # CIFAR's 1024 pixels reaches the model (1023 did, with the CLS counted in 1024).
+  from posjax.data import pipelines
+  image = _module('lra_image.py').get_config('')
+  assert image.seq_len == image.model.max_len == 1024 + 1
+  pixels = np.arange(1, 1025)
+  row = pipelines._row(pixels, image.seq_len, cls_id=257)
+  assert row[0] == 257 and (row[1:] == pixels).all()
+  assert _module('lra_text.py').get_config('').seq_len == 4000 + 1  # CLS pooling
+  assert _module('lra_pathfinder.py').get_config('').seq_len == 32 * 32  # mean pooling
+  assert _module('lra_image.py').get_config('runlocal').seq_len == 128
 
 
 def test_config_files_do_not_import_the_trainer_or_data_stack():
