@@ -52,8 +52,9 @@ def plot_heatmap(table, *, title: str, path: str | None = None, ax=None,
   """``table`` (a ``report.Table``) as coloured cells with their values written
   in; a cell holding a word ('missing', 'failed') is grey and shows the word."""
   import numpy as np
-  fig, ax = axes(ax)
   rows, cols = table.row_labels, table.col_labels
+  # Cells wide enough for their numbers, however many columns a suite has.
+  fig, ax = axes(ax, figsize=(max(6.4, 2.5 + 0.75 * len(cols)), max(3.0, 1.0 + 0.45 * len(rows))))
   values = np.full((len(rows), len(cols)), np.nan)
   for i, rl in enumerate(rows):
     for j, cl in enumerate(cols):
@@ -69,21 +70,23 @@ def plot_heatmap(table, *, title: str, path: str | None = None, ax=None,
       v = table.cells.get((rl, cl))
       dark = np.isfinite(values[i, j]) and image.norm(values[i, j]) < 0.5
       text = v if isinstance(v, str) else ('' if v is None else fmt.format(v))
-      ax.text(j, i, text, ha='center', va='center', fontsize='small',
+      ax.text(j, i, text, ha='center', va='center',
+              fontsize='x-small' if isinstance(v, str) else 'small',
               color='white' if dark else 'black')
-  ax.set_xticks(range(len(cols)), labels=[str(c) for c in cols])
+  ax.set_xticks(range(len(cols)), labels=[str(c) for c in cols], rotation=40, ha='right',
+                rotation_mode='anchor')
   ax.set_yticks(range(len(rows)), labels=[str(r) for r in rows])
   ax.set_title(title)
   fig.colorbar(image, ax=ax)
   return save(fig, path)
 
 
-def axes(ax):
+def axes(ax, figsize=(6.4, 4.2)):
   if ax is not None:
     return ax.figure, ax
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  fig = Figure(figsize=(6.4, 4.2))
+  fig = Figure(figsize=figsize)
   FigureCanvasAgg(fig)
   return fig, fig.add_subplot()
 
