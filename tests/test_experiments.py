@@ -60,6 +60,18 @@ def test_suite_end_to_end(finished):
   assert os.path.exists(os.path.join(d, 'results.csv'))
 
 
+def test_report_of_selected_runs(finished, tmp_path):
+  """``--report --only`` tables the selected runs alone; the others are not rows."""
+  d, argv, _ = finished
+  copy = tmp_path / 'suite'
+  shutil.copytree(d, copy)
+  argv = [a.replace(d, str(copy)) for a in argv if not a.startswith('--only')]
+  assert runner.main(suite('extrapolation'), argv + ['--report', '--only=alibi']) == 0
+  perplexity = (copy / 'results.md').read_text().split('### Bits per byte')[0]
+  rows = [l.split('|')[1].strip() for l in perplexity.splitlines() if l.startswith('| ')]
+  assert [r for r in rows if r] == ['alibi'], rows  # The full report has rope's and a missing sinusoidal.
+
+
 def test_load_for_analysis_works_on_a_suite_run(finished):
   from posjax.workdir import restore
   analysis = restore.load_for_analysis(os.path.join(finished[0], 'alibi'))

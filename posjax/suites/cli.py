@@ -11,7 +11,7 @@ def define_flags() -> flags.FlagValues:
                       flag_values=fv)
   flags.DEFINE_enum('scale', 'local', ['local', 'paper'], "local: minutes on a CPU; "
                     "paper: the paper's sizes, lengths and steps.", flag_values=fv)
-  flags.DEFINE_list('only', [], 'Run names or globs (their base runs are added).',
+  flags.DEFINE_list('only', [], 'Run names or globs (their base runs are added); with --report, the runs reported.',
                     flag_values=fv)
   flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'print'],
                     'local: here; slurm: a submitit job array; print: the command lines.',

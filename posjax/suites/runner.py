@@ -20,7 +20,8 @@ the params of ``Run.base`` evaluated under this run's config (zero-shot changes)
 
 One runner per suite directory: it holds ``DIR/.posjax.lock`` (``posjax.workdir.lock``)
 before it writes anything, and a second one is refused in one line (exit 2);
-``--report`` and ``--dry_run`` write no run state and need no lock. Ctrl-C or
+``--report`` and ``--dry_run`` write no run state and need no lock; ``--report
+--only=...`` reports the selected runs alone. Ctrl-C or
 SIGTERM stops the live runs (they save a checkpoint), starts no queued one, and
 ends with the summary and the report (exit 130). A damaged ``suite.json`` is
 refused in one line, a damaged run ``status.json`` is a warning and the run reruns.
@@ -278,7 +279,7 @@ def _main(suite, argv: list[str]) -> int:
                        'allowed: the --workdir of a suite that ran (--report writes its report)')
     check_suite_file(suite_dir, settings, [r.name for r in runs], write=False)
     note_busy(suite_dir, 'the report shows its runs as they are now')
-    write_report(suite, suite_dir)
+    write_report(suite, suite_dir, [r.name for r in select(runs, fv.only)] if fv.only else None)
     return 0
   selected = select(runs, fv.only)
   needs = getattr(suite, 'requirements', lambda *a: [])(fv.scale, overrides, selected)

@@ -104,8 +104,9 @@ def note_busy(suite_dir: str, what: str) -> None:
     sys.stderr.write(f'note: {suite_dir} is in use by {_holder(suite_dir)}; {what}\n')
 
 
-def write_report(suite, suite_dir: str) -> str:
-  """``suite.report`` of the runs in ``suite_dir`` as ``results.md``; its path."""
+def write_report(suite, suite_dir: str, names: list[str] | None = None) -> str:
+  """``suite.report`` of the runs in ``suite_dir`` (or of ``names`` alone) as
+  ``results.md``; its path."""
   from posjax.suites import report
   for name in sorted(os.listdir(suite_dir)) if os.path.isdir(suite_dir) else []:
     try:
@@ -113,7 +114,7 @@ def write_report(suite, suite_dir: str) -> str:
     except Damaged as e:
       sys.stderr.write(f'warning: {" ".join(str(e).split())}; the report judges {name} by its '
                        'metrics (running the suite reruns it and rewrites the file)\n')
-  text = suite.report(suite_dir, report.load_suite(suite_dir))
+  text = suite.report(suite_dir, report.load_suite(suite_dir, names))
   path = os.path.join(suite_dir, 'results.md')
   with open(path + '.tmp', 'w') as f:  # A reader never sees half a report.
     f.write(f'# {suite.NAME}\n\n{" ".join(suite.DESCRIPTION.split())}\n\n{text.strip()}\n')
