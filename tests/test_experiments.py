@@ -220,15 +220,17 @@ def test_length_generalization_report_separates_in_distribution(tmp_path):
   lg = suite('length_generalization')
   acc = lambda ood, id_: {'eval/sequence_accuracy@30': ood[0],  # noqa: E731
                           'eval/sequence_accuracy@40': ood[1],
+                          'eval/sequence_accuracy@100': ood[2],  # Past 2N (N = 29).
                           'eval/sequence_accuracy@in_distribution': id_}
-  records = [_record('copy-rope', **acc((0.2, 0.4), 1.0)),
-             _record('copy-rope-randomized', **acc((0.6, 0.8), 0.95)),
-             _record('copy-alibi', **acc((0.0, 0.0), 0.5)),
+  records = [_record('copy-rope', **acc((0.2, 0.4, 0.0), 1.0)),
+             _record('copy-rope-randomized', **acc((0.6, 0.8, 0.4), 0.95)),
+             _record('copy-alibi', **acc((0.0, 0.0, 0.0), 0.5)),
              _record('copy-alibi-randomized', 'missing')]
   md = lg.report(str(tmp_path), records)
-  assert '| copy | 0.30 | 0.70 | 0.00 | missing |' in md
-  assert '| copy-alibi | 0.50 | 0.00 | NO |' in md
-  assert '| copy-alibi-randomized | missing | missing | missing |' in md
+  assert '| copy | 0.20 | 0.60 | 0.00 | missing |' in md
+  assert '| copy-rope | 1.00 | 0.20 | 0.30 | yes |' in md  # N+1..2N: lengths 30 and 40.
+  assert '| copy-alibi | 0.50 | 0.00 | 0.00 | NO |' in md
+  assert '| copy-alibi-randomized | missing | missing | missing | missing |' in md
   assert '+40.0% over 1 pairs' in md
   assert (tmp_path / 'ood_accuracy.png').exists() and (tmp_path / 'results.csv').exists()
 
