@@ -72,6 +72,27 @@ def test_report_of_selected_runs(finished, tmp_path):
   assert [r for r in rows if r] == ['alibi'], rows  # The full report has rope's and a missing sinusoidal.
 
 
+def test_export_makes_a_results_folder_that_regenerates_its_report(finished, tmp_path):
+  """--export copies what a report reads of the finished runs (no checkpoints), adds
+  to what is there, and ``--report`` on the folder alone rewrites the same report."""
+  d, argv, _ = finished
+  out = tmp_path / 'results'
+  base = [a for a in argv if not a.startswith('--only')]
+  assert runner.main(suite('extrapolation'), base + ['--only=alibi', f'--export={out}']) == 0
+  assert sorted(os.listdir(out / 'alibi')) == ['config.json', 'metrics.jsonl', 'status.json']
+  assert runner.main(suite('extrapolation'), base + ['--only=rope,sinusoidal',
+                                                     f'--export={out}']) == 0
+  assert json.load(open(out / 'suite.json'))['runs'] == ['alibi', 'rope']  # Suite order.
+  md = (out / 'results.md').read_text()
+  perplexity = md.split('### Bits per byte')[0]
+  assert '| alibi |' in perplexity and '| rope |' in perplexity
+  assert '| sinusoidal |' not in perplexity  # Not finished: not exported.
+  (out / 'results.md').unlink()
+  again = [f'--workdir={out}' if a.startswith('--workdir') else a for a in base]
+  assert runner.main(suite('extrapolation'), again + ['--report']) == 0
+  assert (out / 'results.md').read_text() == md
+
+
 def test_load_for_analysis_works_on_a_suite_run(finished):
   from posjax.workdir import restore
   analysis = restore.load_for_analysis(os.path.join(finished[0], 'alibi'))

@@ -11,8 +11,8 @@ def define_flags() -> flags.FlagValues:
                       flag_values=fv)
   flags.DEFINE_enum('scale', 'local', ['local', 'paper'], "local: minutes on a CPU; "
                     "paper: the paper's sizes, lengths and steps.", flag_values=fv)
-  flags.DEFINE_list('only', [], 'Run names or globs (their base runs are added); with --report, the runs reported.',
-                    flag_values=fv)
+  flags.DEFINE_list('only', [], 'Run names or globs (their base runs are added); with '
+                    '--report or --export, the runs reported.', flag_values=fv)
   flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'print'],
                     'local: here; slurm: a submitit job array; print: the command lines.',
                     flag_values=fv)
@@ -32,6 +32,10 @@ def define_flags() -> flags.FlagValues:
                     flag_values=fv)
   flags.DEFINE_bool('report', False, 'Only write the report of the runs there are.',
                     flag_values=fv)
+  flags.DEFINE_string('export', None, 'Copy the records of the finished runs (config, '
+                      'status, metrics; no checkpoints) into this folder, beside those '
+                      'there, and write its report: results to commit and regenerate.',
+                      flag_values=fv)
   flags.DEFINE_bool('dry_run', False, 'Print what would run and write nothing.',
                     flag_values=fv)
   return fv

@@ -9,7 +9,7 @@ scale, overrides)`` (cheap set-up such as building small datasets). ``run_suite(
 
   python experiments/extrapolation.py --workdir=DIR [--scale=local|paper] [--only=a,b*]
       [--launcher=local|slurm|print] [--parallel=N] [--config.<field>=<value> ...]
-      [--report] [--dry_run]
+      [--report] [--export=FOLDER] [--dry_run]
 
 Every run is an ordinary ``python -m posjax.main`` run in ``DIR/<name>`` (resumable,
 ``load_for_analysis`` works), its output in ``DIR/<name>/log.txt`` and its outcome in
@@ -21,7 +21,10 @@ the params of ``Run.base`` evaluated under this run's config (zero-shot changes)
 One runner per suite directory: it holds ``DIR/.posjax.lock`` (``posjax.workdir.lock``)
 before it writes anything, and a second one is refused in one line (exit 2);
 ``--report`` and ``--dry_run`` write no run state and need no lock; ``--report
---only=...`` reports the selected runs alone. Ctrl-C or
+--only=...`` reports the selected runs alone. ``--export=FOLDER`` copies what a report
+reads of the finished runs (config, status, metrics; no checkpoints) into FOLDER,
+beside the runs already there, and writes its report there: a results folder to
+commit, which ``--report --workdir=FOLDER`` regenerates. Ctrl-C or
 SIGTERM stops the live runs (they save a checkpoint), starts no queued one, and
 ends with the summary and the report (exit 130). A damaged ``suite.json`` is
 refused in one line, a damaged run ``status.json`` is a warning and the run reruns.
@@ -45,7 +48,7 @@ from posjax.suites.cli import HELP_FLAGS, define_flags, split_config_flags, usag
 from posjax.suites.launchers import STATUS_FILE, write_json
 from posjax.suites.process import REPO
 from posjax.suites.suite_dir import (UsageError, check_suite_file, is_finished, lock_suite,
-                                     note_busy, write_report)
+                                     note_busy, write_report, export_runs)
 from posjax.workdir import lock as workdir_lock
 
 
@@ -272,14 +275,18 @@ def _main(suite, argv: list[str]) -> int:
   suite_dir = os.path.abspath(os.path.expanduser(fv.workdir))
   runs = suite.runs(fv.scale)
   settings = {'suite': suite.NAME, 'scale': fv.scale, 'overrides': overrides}
-  if fv.report:  # Reads the runs and writes the report only: no lock needed.
+  if fv.report or fv.export:  # Reads the runs, writes a report: no lock needed.
     if not os.path.isdir(suite_dir):
       raise UsageError(f'--workdir: {suite_dir} is '
                        f'{"a file" if os.path.exists(suite_dir) else "missing"}; '
                        'allowed: the --workdir of a suite that ran (--report writes its report)')
     check_suite_file(suite_dir, settings, [r.name for r in runs], write=False)
     note_busy(suite_dir, 'the report shows its runs as they are now')
-    write_report(suite, suite_dir, [r.name for r in select(runs, fv.only)] if fv.only else None)
+    names = [r.name for r in select(runs, fv.only)] if fv.only else None
+    if fv.export:
+      _export(suite_dir, fv.export, names or [r.name for r in runs], [r.name for r in runs])
+      suite_dir, names = os.path.abspath(os.path.expanduser(fv.export)), None
+    write_report(suite, suite_dir, names)
     return 0
   selected = select(runs, fv.only)
   needs = getattr(suite, 'requirements', lambda *a: [])(fv.scale, overrides, selected)
@@ -316,6 +323,13 @@ def _main(suite, argv: list[str]) -> int:
     return code
   finally:
     lock.release()
+
+
+def _export(suite_dir: str, dest: str, names: list[str], order: list[str]) -> None:
+  done = export_runs(suite_dir, os.path.abspath(os.path.expanduser(dest)), names, order)
+  left = [n for n in names if n not in done]
+  print(f'export: {len(done)} finished runs copied to {dest}'
+        + (f'; not finished, left out: {", ".join(left)}' if left else ''))
 
 
 def _print_plan(jobs: list[Job], skip_lines: bool) -> None:

@@ -10,12 +10,14 @@ taken as not finished (rerunning it resumes it and rewrites the file). The lock 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 from posjax.suites.process import STATUS_FILE, Damaged, read_json_file, write_json
 from posjax.workdir import lock as workdir_lock
 
 SUITE_FILE = 'suite.json'
+RECORD_FILES = ('config.json', STATUS_FILE, 'metrics.jsonl')  # What a report reads.
 
 
 class UsageError(ValueError):
@@ -70,6 +72,32 @@ def check_suite_file(suite_dir: str, settings: dict, runs: list[str], write: boo
   if write:
     os.makedirs(suite_dir, exist_ok=True)
     write_json(path, {**settings, 'runs': runs})
+
+
+def export_runs(suite_dir: str, dest: str, names: list[str], order: list[str]) -> list[str]:
+  """Copies the records of the finished runs among ``names`` into ``dest`` (made
+  with the same settings, else a ``UsageError``), beside the runs already there;
+  ``dest/suite.json`` lists every run there in ``order``. The names copied."""
+  settings = read_json_file(os.path.join(suite_dir, SUITE_FILE)) or {}
+  settings = {k: v for k, v in settings.items() if k != 'runs'}
+  check_suite_file(dest, settings, [], write=False)
+  done = [n for n in names if _finished(os.path.join(suite_dir, n))]
+  for name in done:
+    os.makedirs(os.path.join(dest, name), exist_ok=True)
+    for f in RECORD_FILES:
+      if os.path.exists(src := os.path.join(suite_dir, name, f)):
+        shutil.copyfile(src, os.path.join(dest, name, f))
+  os.makedirs(dest, exist_ok=True)
+  there = {n for n in os.listdir(dest) if os.path.exists(os.path.join(dest, n, STATUS_FILE))}
+  write_json(os.path.join(dest, SUITE_FILE), {**settings, 'runs': [n for n in order if n in there]})
+  return done
+
+
+def _finished(run_dir: str) -> bool:
+  try:
+    return (read_json_file(os.path.join(run_dir, STATUS_FILE)) or {}).get('status') == 'finished'
+  except Damaged:
+    return False
 
 
 def lock_suite(suite_dir: str) -> workdir_lock.Lock:
